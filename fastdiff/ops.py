@@ -1,0 +1,280 @@
+"""The backend table: every hot op the models call, with a Triton and a plain-PyTorch implementation.
+
+Model code calls `ops.attention(...)`, `ops.group_norm(..., act="silu")`, ... and never asks which
+backend runs. Each op is a `torch.library` custom op (`torch.ops.fastdiff.<name>`) with a fake
+implementation, so models trace on the meta device and stay opaque to `torch.compile`.
+
+Backend choice, per call:
+  * `use_backend("torch" | "triton")` (process-wide, or as a context manager for a block), else the
+    `FASTDIFF_BACKEND` environment variable, else "auto": Triton for CUDA tensors, torch elsewhere.
+  * When Triton is chosen, the op's `supported(...)` predicate (device, dtype, shape) must agree;
+    otherwise the torch entry runs.
+  * Forcing "triton" where Triton cannot run at all (no CUDA and no `TRITON_INTERPRET=1`) is an error.
+  * Calls that need autograd (training) run the torch entry directly: the kernels are forward-only.
+
+Example:
+    >>> with ops.use_backend("torch"):
+    ...     y = ops.group_norm(x, 32, weight, bias, 1e-5, act="silu")
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "torch", "triton")
+_ENV = "FASTDIFF_BACKEND"
+_state = threading.local()
+_process_backend: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# torch entries: the reference semantics every kernel is held to
+# --------------------------------------------------------------------------------------------
+
+
+def attention_torch(q, k, v, heads: int, scale: float | None = None, upcast: bool = False):
+    """softmax(q k^T * scale) v over `heads` heads; q (B, Nq, H*D), k and v (B, Nk, H*D) -> (B, Nq, H*D)."""
+    b, nq, inner = q.shape
+    d = inner // heads
+    qh, kh, vh = (t.unflatten(-1, (heads, d)).transpose(1, 2) for t in (q, k, v))
+    if upcast and q.dtype in (torch.float16, torch.bfloat16):
+        out = F.scaled_dot_product_attention(qh.float(), kh.float(), vh.float(), scale=scale).to(q.dtype)
+    else:
+        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
+    return out.transpose(1, 2).reshape(b, nq, inner)
+
+
+def group_norm_torch(x, num_groups: int, weight, bias, eps: float, act: str | None = None):
+    """GroupNorm over (C/G, *spatial) per group, then the optional activation ("silu")."""
+    y = F.group_norm(x, num_groups, weight, bias, eps)
+    return _ACTIVATIONS[act](y)
+
+
+def layer_norm_torch(x, weight, bias, eps: float):
+    """LayerNorm over the last dimension."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def geglu_torch(x):
+    """GEGLU (Shazeer 2020): x = [h, g] split on the last dim -> h * GELU(g), exact (erf) GELU."""
+    h, g = x.chunk(2, dim=-1)
+    return h * F.gelu(g)
+
+
+_ACTIVATIONS: dict[str | None, Callable] = {None: lambda y: y, "silu": F.silu}
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    torch: Callable
+    triton: Callable | None = None
+    # (args of the call) -> bool: may the Triton entry run on these inputs?
+    supported: Callable[..., bool] = lambda *args, **kwargs: False
+
+
+def _triton_entries() -> dict[str, tuple[Callable, Callable]]:
+    """Triton launchers and their predicates, imported lazily (Triton is heavy to import)."""
+    return {}
+
+
+TABLE: dict[str, Op] = {
+    "attention": Op(attention_torch),
+    "group_norm": Op(group_norm_torch),
+    "layer_norm": Op(layer_norm_torch),
+    "geglu": Op(geglu_torch),
+}
+_triton_loaded = False
+
+
+def _table() -> dict[str, Op]:
+    global _triton_loaded
+    if not _triton_loaded:
+        for name, (fn, supported) in _triton_entries().items():
+            TABLE[name] = Op(TABLE[name].torch, fn, supported)
+        _triton_loaded = True
+    return TABLE
+
+
+# --------------------------------------------------------------------------------------------
+# backend selection
+# --------------------------------------------------------------------------------------------
+
+
+def _check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r} is not one of {BACKENDS}")
+    return name
+
+
+def triton_can_run() -> bool:
+    """Triton runs on a CUDA device, or on the CPU under its interpreter (TRITON_INTERPRET=1)."""
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def current_backend() -> str:
+    """The requested backend: innermost `use_backend` block, else process-wide, else env, else auto."""
+    stack = getattr(_state, "stack", None)
+    if stack:
+        return stack[-1]
+    if _process_backend is not None:
+        return _process_backend
+    env = os.environ.get(_ENV)
+    if env:
+        return _check_backend(env.strip().lower())
+    return "auto"
+
+
+class use_backend:
+    """Force a backend for the whole process (`use_backend("torch")`) or for a block (`with ...:`).
+
+    Example:
+        >>> ops.use_backend("triton")          # process-wide from here on
+        >>> with ops.use_backend("torch"):     # only inside the block
+        ...     image = pipe(prompt).images[0]
+    """
+
+    def __init__(self, name: str):
+        global _process_backend
+        name = _check_backend(name)
+        if name == "triton" and not triton_can_run():
+            raise RuntimeError(
+                "backend='triton' was forced, but Triton cannot run here: no CUDA device and "
+                "TRITON_INTERPRET=1 is not set. Use backend='torch' or 'auto'."
+            )
+        self.name = name
+        self._previous = _process_backend
+        _process_backend = name
+
+    def __enter__(self):
+        global _process_backend
+        _process_backend = self._previous  # the block, not the process, owns this choice
+        stack = getattr(_state, "stack", None)
+        if stack is None:
+            stack = _state.stack = []
+        stack.append(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        _state.stack.pop()
+        return False
+
+
+def _use_triton(device: torch.device) -> bool:
+    backend = current_backend()
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        if not triton_can_run():
+            raise RuntimeError(
+                f"{_ENV}=triton (or use_backend('triton')) forces Triton, but it cannot run here: "
+                "no CUDA device and TRITON_INTERPRET=1 is not set."
+            )
+        return True
+    return device.type == "cuda"
+
+
+def implementation(name: str, *args) -> Callable:
+    """The function that will run op `name` on these arguments (first argument is a tensor)."""
+    op = _table()[name]
+    if op.triton is not None and _use_triton(args[0].device) and op.supported(*args):
+        return op.triton
+    return op.torch
+
+
+def _needs_autograd(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# --------------------------------------------------------------------------------------------
+# custom ops (opaque to torch.compile, fake implementations for the meta device)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastdiff::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float, upcast: bool) -> torch.Tensor:
+    return implementation("attention", q, k, v, heads, scale, upcast)(q, k, v, heads, scale, upcast)
+
+
+@_attention_op.register_fake
+def _(q, k, v, heads, scale, upcast):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fastdiff::group_norm", mutates_args=())
+def _group_norm_op(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, act: str | None
+) -> torch.Tensor:
+    return implementation("group_norm", x, num_groups, weight, bias, eps, act)(x, num_groups, weight, bias, eps, act)
+
+
+@_group_norm_op.register_fake
+def _(x, num_groups, weight, bias, eps, act):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("fastdiff::layer_norm", mutates_args=())
+def _layer_norm_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return implementation("layer_norm", x, weight, bias, eps)(x, weight, bias, eps)
+
+
+@_layer_norm_op.register_fake
+def _(x, weight, bias, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fastdiff::geglu", mutates_args=())
+def _geglu_op(x: torch.Tensor) -> torch.Tensor:
+    return implementation("geglu", x)(x)
+
+
+@_geglu_op.register_fake
+def _(x):
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+# --------------------------------------------------------------------------------------------
+# what model code calls
+# --------------------------------------------------------------------------------------------
+
+
+def attention(q, k, v, heads: int, scale: float | None = None, upcast: bool = False):
+    """Multi-head attention on the (B, N, heads*D) layout the projections produce."""
+    if scale is None:
+        scale = (q.shape[-1] // heads) ** -0.5
+    if _needs_autograd(q, k, v):
+        return attention_torch(q, k, v, heads, scale, upcast)
+    return _attention_op(q, k, v, heads, float(scale), bool(upcast))
+
+
+def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None):
+    """GroupNorm with an optional fused activation (`act=None` or `"silu"`)."""
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"act={act!r} is not one of {list(_ACTIVATIONS)}")
+    if _needs_autograd(x, weight, bias):
+        return group_norm_torch(x, num_groups, weight, bias, eps, act)
+    return _group_norm_op(x, num_groups, weight, bias, float(eps), act)
+
+
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5):
+    """LayerNorm over the last dimension."""
+    if _needs_autograd(x, weight, bias):
+        return layer_norm_torch(x, weight, bias, eps)
+    return _layer_norm_op(x, weight, bias, float(eps))
+
+
+def geglu(x):
+    """h * GELU(g) for x = [h, g] split in half on the last dimension."""
+    if _needs_autograd(x):
+        return geglu_torch(x)
+    return _geglu_op(x)
