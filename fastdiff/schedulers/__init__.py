@@ -1,3 +1,12 @@
 """Schedulers: one file per algorithm, everything the loop needs precomputed on the device."""
 
-__all__: list[str] = []
+from .base import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
+from .ddpm import DDPMScheduler, DDPMSchedulerOutput
+
+__all__ = [
+    "KarrasDiffusionSchedulers",
+    "SchedulerMixin",
+    "SchedulerOutput",
+    "DDPMScheduler",
+    "DDPMSchedulerOutput",
+]
