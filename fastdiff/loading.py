@@ -220,12 +220,12 @@ def write_text_atomic(path: Path, text: str):
 
 
 @contextlib.contextmanager
-def staged_directory(destination: str | os.PathLike, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
+def staged_directory(destination: str | os.PathLike, replaces=lambda name: False) -> Iterator[Path]:
     """Build a folder's new content in a sibling staging folder; move it in only if all went well.
 
-    On success, entries of `destination` whose names start with one of `replaces` and that the new
-    content does not contain (stale shards of an earlier save) are removed. On failure the
-    staging folder is deleted and `destination` is left exactly as it was.
+    On success, files of `destination` for which `replaces(name)` is true and that the new content
+    does not contain (stale shards of an earlier save) are removed. On failure the staging folder
+    is deleted and `destination` is left exactly as it was.
     """
     destination = Path(destination)
     if destination.is_file():
@@ -237,7 +237,7 @@ def staged_directory(destination: str | os.PathLike, replaces: tuple[str, ...] =
         destination.mkdir(exist_ok=True)
         new = {p.name for p in staging.iterdir()}
         for old in destination.iterdir():
-            if old.name not in new and old.name.startswith(replaces) and old.is_file():
+            if old.name not in new and replaces(old.name) and old.is_file():
                 old.unlink()
         for entry in staging.iterdir():
             target = destination / entry.name
@@ -246,6 +246,14 @@ def staged_directory(destination: str | os.PathLike, replaces: tuple[str, ...] =
             os.replace(entry, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_weights_file(name: str, base: str = MODEL_WEIGHTS, variant: str | None = None) -> bool:
+    """Is `name` a weights file (single, shard or index) of this base name and variant?"""
+    stem = re.escape(f"{base}.{variant}" if variant else base)
+    index_suffix = re.escape(f".{variant}") if variant else ""
+    pattern = rf"{stem}(-\d{{5}}-of-\d{{5}})?\.(safetensors|bin)|{re.escape(base)}\.(safetensors|bin)\.index{index_suffix}\.json"
+    return re.fullmatch(pattern, name) is not None
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], folder: Path, base: str = MODEL_WEIGHTS,

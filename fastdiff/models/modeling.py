@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -150,7 +151,8 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
             raise NotImplementedError("save_function is not supported; fastdiff writes safetensors (or torch.save).")
         if not is_main_process:
             return
-        with loading.staged_directory(save_directory, replaces=(loading.MODEL_WEIGHTS,)) as staging:
+        stale = functools.partial(loading.is_weights_file, variant=variant)
+        with loading.staged_directory(save_directory, replaces=stale) as staging:
             self.save_config(staging)
             loading.save_weights(self.state_dict(), staging, variant=variant, max_shard_size=max_shard_size,
                                  safe_serialization=safe_serialization)
