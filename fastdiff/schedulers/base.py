@@ -249,3 +249,54 @@ def add_noise_with_alphas(alphas_cumprod: torch.Tensor, original: torch.Tensor, 
     ab = alphas_cumprod.to(device=original.device, dtype=original.dtype)
     ab_t = ab.index_select(0, torch.as_tensor(timesteps, device=original.device).long().flatten())
     return broadcast_to_sample(ab_t**0.5, original) * original + broadcast_to_sample((1 - ab_t) ** 0.5, original) * noise
+
+
+# ---- sigma schedules (σ = √((1-ᾱ)/ᾱ), the noise-to-signal ratio of the VP process) ------------------
+# Host-side NumPy, computed exactly as diffusers computes them; set_timesteps moves the result to the device.
+
+
+def vp_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
+    """σ_t = √((1 - ᾱ_t) / ᾱ_t) for every training timestep (float32, as diffusers)."""
+    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+
+
+def sigma_range(config, in_sigmas: np.ndarray) -> tuple[float, float]:
+    """(σ_min, σ_max): `config.sigma_min/sigma_max` if the config has them and they are set (diffusers reads
+    them even when they are hidden keys of another scheduler's config), else the ends of `in_sigmas`."""
+    sigma_min, sigma_max = config.get("sigma_min"), config.get("sigma_max")
+    sigma_min = sigma_min if sigma_min is not None else in_sigmas[-1].item()
+    sigma_max = sigma_max if sigma_max is not None else in_sigmas[0].item()
+    return sigma_min, sigma_max
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. 2022, eq. 5: σ_i = (σ_max^(1/ρ) + i/(n-1) · (σ_min^(1/ρ) - σ_max^(1/ρ)))^ρ."""
+    ramp = np.linspace(0, 1, n)
+    max_inv_rho, min_inv_rho = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """log σ evenly spaced from log σ_max to log σ_min."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+
+
+def beta_sigmas(sigma_min: float, sigma_max: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """Lee et al. 2024 ("Beta Sampling is All You Need"): σ_i = σ_min + F⁻¹_Beta(α,β)(1 - i/(n-1)) (σ_max - σ_min).
+    Needs scipy (as diffusers does) for the Beta quantile function."""
+    try:
+        import scipy.stats
+    except ImportError as err:  # pragma: no cover - scipy is installed wherever beta sigmas are tested
+        raise ImportError("Make sure to install scipy if you want to use beta sigmas.") from err
+    ppf = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), alpha, beta)
+    return np.array([sigma_min + p * (sigma_max - sigma_min) for p in ppf])
+
+
+def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional training timestep of each σ: linear interpolation of log σ between the two neighbouring
+    training sigmas (`log_sigmas` ascending in t)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return ((1 - w) * low + w * (low + 1)).reshape(sigma.shape)
