@@ -141,6 +141,7 @@ class SchedulerMixin(ConfigMixin):
 # ---- noise schedules (betas) -------------------------------------------------------------------
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+CLASSIC_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
@@ -184,12 +185,16 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 
 
 def make_betas(owner: str, num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
-               trained_betas=None, rescale_betas_zero_snr: bool = False) -> torch.Tensor:
-    """β_1..β_T in float32, computed exactly as diffusers computes them (parity starts here)."""
+               trained_betas=None, rescale_betas_zero_snr: bool = False, allowed=BETA_SCHEDULES) -> torch.Tensor:
+    """β_1..β_T in float32, computed exactly as diffusers computes them (parity starts here).
+
+    `allowed` narrows the schedules to those the scheduler accepts in diffusers (most accept only
+    CLASSIC_BETA_SCHEDULES; Heun also takes "exp").
+    """
     if trained_betas is not None:
         betas = torch.tensor(trained_betas, dtype=torch.float32)
     else:
-        check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES, owner)
+        check_choice("beta_schedule", beta_schedule, allowed, owner)
         T = num_train_timesteps
         if beta_schedule == "linear":
             betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
@@ -198,7 +203,7 @@ def make_betas(owner: str, num_train_timesteps: int, beta_start: float, beta_end
         elif beta_schedule == "sigmoid":
             betas = torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
         else:
-            transform = "cosine" if beta_schedule == "squaredcos_cap_v2" else "laplace"
+            transform = {"squaredcos_cap_v2": "cosine", "exp": "exp"}.get(beta_schedule, "laplace")
             betas = betas_for_alpha_bar(T, alpha_transform_type=transform)
     return rescale_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
 
@@ -300,3 +305,194 @@ def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
     w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
     return ((1 - w) * low + w * (low + 1)).reshape(sigma.shape)
+
+
+# ---- custom schedules ------------------------------------------------------------------------------
+
+
+class UnsupportedScheduleError(ValueError, TypeError):
+    """A custom `timesteps=` / `sigmas=` given to a set_timesteps that does not take it.
+
+    A ValueError with diffusers' `retrieve_timesteps` wording; also a TypeError, which is what
+    diffusers raises when the keyword reaches its set_timesteps directly.
+    """
+
+
+def refuse_custom_schedule(owner: str, **given):
+    """Raise for any custom schedule keyword in `given` that is not None."""
+    for name, value in given.items():
+        if value is not None:
+            kind = "timestep" if name == "timesteps" else "sigmas"
+            raise UnsupportedScheduleError(
+                f"The current scheduler class {owner}'s `set_timesteps` does not support custom {kind} schedules "
+                f"(`{name}=`). Please check whether you are using the correct scheduler."
+            )
+
+
+# ---- σ schedules (Karras et al. 2022 notation: x_t = x_0 + σ_t ε) ---------------------------------------
+
+
+def train_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
+    """σ_t = √((1 - ᾱ_t) / ᾱ_t) for t = 0..T-1, in float32 as diffusers computes it."""
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy()
+
+
+def sigma_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps: int,
+                    steps_offset: int = 0) -> np.ndarray:
+    """Float32 timesteps, descending, as the σ-schedulers (Euler, Heun, LMS, KDPM2) space them."""
+    T, n = num_train_timesteps, num_inference_steps
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
+    if spacing == "leading":
+        return (np.arange(0, n) * (T // n)).round()[::-1].copy().astype(np.float32) + np.float32(steps_offset)
+    if spacing == "trailing":
+        return np.arange(T, 0, -T / n).round().astype(np.float32) - np.float32(1)
+    raise ValueError(f"timestep_spacing={spacing!r} is not supported; choose one of {list(TIMESTEP_SPACINGS)}.")
+
+
+def sigma_to_t(sigmas, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional timestep of each σ: piecewise-linear interpolation of t in log σ over the train schedule."""
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high = low + 1
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high]), 0, 1)
+    return ((1 - w) * low + w * high).reshape(np.shape(sigmas))
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ (Karras et al. 2022, eq. 5)."""
+    ramp = np.linspace(0, 1, n)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """σ evenly spaced in log σ from σ_max down to σ_min."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+
+
+def beta_sigmas(sigma_min: float, sigma_max: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """σ_i = σ_min + F⁻¹(1 - i/(n-1)) (σ_max - σ_min), F the Beta(α, β) CDF ("Beta Sampling is All You Need",
+    Lee et al. 2024). F⁻¹ is computed here, so scipy is not needed at run time."""
+    return np.array([sigma_min + beta_ppf(q, alpha, beta) * (sigma_max - sigma_min) for q in 1 - np.linspace(0, 1, n)])
+
+
+def _betainc_cf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz), converges for x < (a+1)/(a+b+2)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-16:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) = ∫_0^x u^{a-1} (1-u)^{b-1} du / B(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = a * math.log(x) + b * math.log1p(-x) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _betainc_cf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betainc_cf(b, a, 1.0 - x) / b
+
+
+def beta_ppf(q: float, a: float, b: float) -> float:
+    """Inverse of I_x(a, b): Newton steps on the density, kept inside a shrinking bisection bracket."""
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    lo, hi, x = 0.0, 1.0, 0.5
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    for _ in range(200):
+        err = betainc(a, b, x) - q
+        if err > 0:
+            hi = x
+        else:
+            lo = x
+        density = math.exp(log_norm + (a - 1) * math.log(x) + (b - 1) * math.log1p(-x))
+        step = x - err / density
+        x_new = step if lo < step < hi else 0.5 * (lo + hi)
+        if abs(x_new - x) <= 4e-16 * x or hi <= lo:
+            return x_new
+        x = x_new
+    return x
+
+
+SIGMA_SPACING_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def check_sigma_options(config, owner: str):
+    """At most one of use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas."""
+    if sum(bool(config.get(k)) for k in SIGMA_SPACING_KEYS) > 1:
+        raise ValueError(
+            f"{owner}: only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used."
+        )
+
+
+def convert_sigmas(config, in_sigmas: np.ndarray, num_inference_steps: int) -> np.ndarray | None:
+    """Re-space σ by the config's use_*_sigmas option (None when none is set).
+
+    σ_min / σ_max come from the config when it has them (also as hidden keys carried over from
+    another scheduler's config, as in diffusers), else from the ends of `in_sigmas`.
+    """
+    sigma_min = config.get("sigma_min")
+    sigma_max = config.get("sigma_max")
+    sigma_min = float(in_sigmas[-1]) if sigma_min is None else sigma_min
+    sigma_max = float(in_sigmas[0]) if sigma_max is None else sigma_max
+    if config.get("use_karras_sigmas"):
+        return karras_sigmas(sigma_min, sigma_max, num_inference_steps)
+    if config.get("use_exponential_sigmas"):
+        return exponential_sigmas(sigma_min, sigma_max, num_inference_steps)
+    if config.get("use_beta_sigmas"):
+        return beta_sigmas(sigma_min, sigma_max, num_inference_steps)
+    return None
+
+
+def predict_x0_from_sigma(prediction_type: str, model_output: torch.Tensor, sample: torch.Tensor,
+                          sigma: torch.Tensor) -> torch.Tensor:
+    """x̂_0 in the σ parameterisation x = x_0 + σ ε (the model sees x / √(σ²+1)).
+
+    epsilon: x̂_0 = x - σ ε̂;  v_prediction: x̂_0 = -σ/√(σ²+1) v̂ + x/(σ²+1);  sample: x̂_0 = model output.
+    """
+    if prediction_type == "epsilon":
+        return sample - sigma * model_output
+    if prediction_type == "v_prediction":
+        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+    return model_output
+
+
+def step_indices_for(timesteps: torch.Tensor, schedule: torch.Tensor) -> torch.Tensor:
+    """index_for_timestep for a batch of timesteps, on the device (second-occurrence rule per entry)."""
+    t = torch.as_tensor(timesteps, device=schedule.device).to(schedule.dtype).flatten()
+    match = schedule.unsqueeze(0) == t.unsqueeze(1)
+    occurrence = 1 + (match.sum(1, keepdim=True) > 1).long()
+    hit = match & (match.long().cumsum(1) == occurrence)
+    return hit.long().argmax(1)
+
+
+def add_noise_with_sigmas(scheduler: SchedulerMixin, original: torch.Tensor, noise: torch.Tensor,
+                          timesteps: torch.Tensor) -> torch.Tensor:
+    """x_t = x_0 + σ_t ε, σ_t found as diffusers finds it (by timestep, else the step or begin index)."""
+    sigmas = scheduler.sigmas.to(device=original.device, dtype=original.dtype)
+    batch = torch.as_tensor(timesteps).flatten().shape[0]
+    if scheduler.begin_index is None:
+        index = step_indices_for(timesteps, scheduler.timesteps.to(original.device))
+    elif scheduler.step_index is not None:
+        index = scheduler.step_index.to(original.device).expand(batch)
+    else:
+        index = torch.full((batch,), scheduler.begin_index, dtype=torch.long, device=original.device)
+    return original + noise * broadcast_to_sample(sigmas.index_select(0, index), original)
