@@ -1,5 +1,7 @@
 """Models: Diffusers parameter names and configs, computed through fastdiff.ops."""
 
+from .config_checks import UnsupportedConfigError
 from .modeling import LoadingError, ModelMixin
+from .unet_2d import UNet2DModel, UNet2DOutput
 
-__all__ = ["LoadingError", "ModelMixin"]
+__all__ = ["LoadingError", "ModelMixin", "UNet2DModel", "UNet2DOutput", "UnsupportedConfigError"]
