@@ -2,6 +2,7 @@
 
 from .config_checks import UnsupportedConfigError
 from .modeling import LoadingError, ModelMixin
+from .unet_1d import UNet1DModel, UNet1DOutput
 from .unet_2d import UNet2DModel, UNet2DOutput
 
-__all__ = ["LoadingError", "ModelMixin", "UNet2DModel", "UNet2DOutput", "UnsupportedConfigError"]
+__all__ = ["LoadingError", "ModelMixin", "UNet1DModel", "UNet1DOutput", "UNet2DModel", "UNet2DOutput", "UnsupportedConfigError"]

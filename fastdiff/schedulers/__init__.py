@@ -2,6 +2,7 @@
 
 from .base import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 from .ddpm import DDPMScheduler, DDPMSchedulerOutput
+from .ddim import DDIMScheduler, DDIMSchedulerOutput
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -9,4 +10,6 @@ __all__ = [
     "SchedulerOutput",
     "DDPMScheduler",
     "DDPMSchedulerOutput",
+    "DDIMScheduler",
+    "DDIMSchedulerOutput",
 ]

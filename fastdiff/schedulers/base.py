@@ -319,8 +319,14 @@ class UnsupportedScheduleError(ValueError, TypeError):
 
 
 def refuse_custom_schedule(owner: str, **given):
-    """Raise for any custom schedule keyword in `given` that is not None."""
+    """Raise for any custom schedule keyword in `given` that is not None (set_timesteps' **kwargs).
+
+    Taking them as **kwargs keeps `"timesteps" in inspect.signature(set_timesteps).parameters`
+    False, which is how pipelines decide whether a scheduler takes custom schedules.
+    """
     for name, value in given.items():
+        if name not in ("timesteps", "sigmas"):
+            raise TypeError(f"{owner}.set_timesteps() got an unexpected keyword argument {name!r}")
         if value is not None:
             kind = "timestep" if name == "timesteps" else "sigmas"
             raise UnsupportedScheduleError(
