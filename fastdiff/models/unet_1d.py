@@ -8,7 +8,7 @@ and `extra_in_channels` must equal the embedding's width (Fourier: `time_embeddi
     x (B, in, L) ++ temb (B, E, L) -> down blocks (skips) -> mid block -> up blocks (+ skips) -> (B, out, L)
 
 Implemented: the Dance blocks in `unet_1d_blocks`, "fourier" and "positional" time embeddings.
-Not implemented (an error names the key): `use_timestep_embedding=True`, `out_block_type`, and the
+Not implemented (an UnsupportedConfigError names the key): `use_timestep_embedding=True`, `out_block_type`, and the
 value-function blocks of diffusers.experimental.rl. `act_fn`, `norm_num_groups`, `layers_per_block`
 and `downsample_each_block` are read only by those parts, so with the Dance blocks they change
 nothing, in Diffusers as here; they are accepted for config compatibility.
@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,8 @@ from torch import nn
 
 from ..configuration import register_to_config
 from ..outputs import BaseOutput
+from .config_checks import UnsupportedConfigError, require_default, require_one_of
+from .embeddings import GaussianFourierProjection, Timesteps, batch_timesteps
 from .modeling import ModelMixin
 from .unet_1d_blocks import DOWN_BLOCKS, MID_BLOCKS, NOT_IMPLEMENTED, UP_BLOCKS
 
@@ -39,45 +40,11 @@ class UNet1DOutput(BaseOutput):
     sample: torch.Tensor
 
 
-class GaussianFourierProjection(nn.Module):
-    """Random Fourier features of t: [cos 2πtw, sin 2πtw] (`flip_sin_to_cos`) or [sin, cos]; w ~ N(0, scale²)."""
-
-    def __init__(self, embedding_size: int = 256, scale: float = 1.0, flip_sin_to_cos: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
-        self.flip_sin_to_cos = flip_sin_to_cos
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        # float32 even in a half-precision model: the phase 2πtw must be exact well below one period.
-        x = t[:, None].float() * self.weight[None, :].float() * 2 * math.pi  # Diffusers' order: ((t w) 2) π
-        sin, cos = torch.sin(x), torch.cos(x)
-        return torch.cat([cos, sin] if self.flip_sin_to_cos else [sin, cos], dim=-1)
-
-
-class Timesteps(nn.Module):
-    """DDPM sinusoidal embedding: f_i = exp(-ln(10000) i / (dim/2 - shift)), i < dim/2 -> [sin tf, cos tf]."""
-
-    def __init__(self, num_channels: int, flip_sin_to_cos: bool, downscale_freq_shift: float):
-        super().__init__()
-        self.num_channels = num_channels
-        self.flip_sin_to_cos = flip_sin_to_cos
-        self.downscale_freq_shift = downscale_freq_shift
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.num_channels // 2
-        i = torch.arange(half, dtype=torch.float32, device=t.device)
-        freqs = torch.exp(-math.log(10000) * i / (half - self.downscale_freq_shift))
-        x = t[:, None].float() * freqs[None, :]
-        sin, cos = torch.sin(x), torch.cos(x)
-        emb = torch.cat([cos, sin] if self.flip_sin_to_cos else [sin, cos], dim=-1)
-        return nn.functional.pad(emb, (0, self.num_channels % 2))  # odd width: one zero channel
-
-
 def _fourier(block_out_channels, time_embedding_dim, flip_sin_to_cos, freq_shift):
     dim = time_embedding_dim or 2 * block_out_channels[0]
     if dim % 2:
         raise ValueError(f"time_embedding_dim must be even for the Fourier embedding, got {dim}.")
-    return GaussianFourierProjection(dim // 2, flip_sin_to_cos=flip_sin_to_cos)
+    return GaussianFourierProjection(dim // 2, log=False, flip_sin_to_cos=flip_sin_to_cos)
 
 
 def _positional(block_out_channels, time_embedding_dim, flip_sin_to_cos, freq_shift):
@@ -92,12 +59,8 @@ def _lookup(table: dict, key: str, name):
     """The block class for config value `name` of config key `key`; a clear error otherwise."""
     if name in table:
         return table[name]
-    if name in NOT_IMPLEMENTED:
-        raise NotImplementedError(
-            f"UNet1DModel: {key} contains {name!r}, a Diffusers value-function (RL) block that fastdiff does not "
-            f"implement; implemented: {sorted(table)}."
-        )
-    raise ValueError(f"UNet1DModel: unknown block type {name!r} in {key}; expected one of {sorted(table)}.")
+    what = "a Diffusers value-function (RL) block fastdiff does not implement" if name in NOT_IMPLEMENTED else "unknown"
+    raise UnsupportedConfigError(f"UNet1DModel: config key {key!r}: block type {name!r} is {what}; implemented: {sorted(table)}.")
 
 
 class UNet1DModel(ModelMixin):
@@ -133,18 +96,10 @@ class UNet1DModel(ModelMixin):
         downsample_each_block: bool = False,
     ):
         super().__init__()
-        if use_timestep_embedding:
-            raise NotImplementedError(
-                "UNet1DModel: use_timestep_embedding=True (the time MLP of the value-function models) is not "
-                "implemented by fastdiff; Dance Diffusion uses False."
-            )
-        if out_block_type is not None:
-            raise NotImplementedError(
-                f"UNet1DModel: out_block_type={out_block_type!r} is not implemented by fastdiff; only None (no output "
-                "block, as in Dance Diffusion) is."
-            )
-        if time_embedding_type not in TIME_EMBEDDINGS:
-            raise ValueError(f"UNet1DModel: time_embedding_type={time_embedding_type!r}; expected one of {list(TIME_EMBEDDINGS)}.")
+        # The time MLP and the output blocks belong to the value-function (RL) models only.
+        require_default("UNet1DModel", "use_timestep_embedding", use_timestep_embedding, False)
+        require_default("UNet1DModel", "out_block_type", out_block_type, None)
+        require_one_of("UNet1DModel", "time_embedding_type", time_embedding_type, TIME_EMBEDDINGS)
         self.time_proj = TIME_EMBEDDINGS[time_embedding_type](block_out_channels, time_embedding_dim, flip_sin_to_cos, freq_shift)
 
         # Down: block i maps block_out_channels[i-1] (the input plus time channels for i = 0) to [i].
@@ -164,14 +119,11 @@ class UNet1DModel(ModelMixin):
 
     def _time_embedding(self, sample: torch.Tensor, timestep) -> torch.Tensor:
         """(B, E, L): the embedding of each item's t, repeated over the L samples."""
-        if torch.is_tensor(timestep):
-            t = timestep.reshape(-1).to(sample.device)  # 0-dim -> (1,); a batch stays a batch
-        else:
-            # Diffusers makes a long tensor of a number, so 0.7 becomes 0; kept for identical outputs.
-            # torch.full fills on the device: no host-to-device copy, nothing to sync.
-            t = torch.full((1,), timestep, dtype=torch.long, device=sample.device)
+        if not torch.is_tensor(timestep):
+            timestep = int(timestep)  # Diffusers' UNet1DModel makes a long tensor of any number: 0.7 -> 0
+        t = batch_timesteps(timestep, sample.shape[0], sample.device)  # (B,), one t broadcast on the device
         emb = self.time_proj(t).to(sample.dtype)
-        return emb[:, :, None].expand(sample.shape[0], -1, sample.shape[2])  # one t broadcasts to the batch
+        return emb[:, :, None].expand(-1, -1, sample.shape[2])
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, return_dict: bool = True):
         """sample (B, in_channels, L), timestep a number, 0-dim or (B,) tensor -> UNet1DOutput or (sample,)."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .normalization import GroupNorm
 
 # Resampling filters (Harmonai's audio-diffusion). "cubic" is Keys' cubic W (a = -0.5) stretched for
 # a 2x rate change: W(x/2)/2 at x = ±0.5, ±1.5, ±2.5, ±3.5, taps summing to 1. Dance uses only "cubic".
@@ -77,13 +78,6 @@ class Upsample1d(nn.Module):
         x = F.pad(hidden_states, (edge, edge), self.pad_mode)
         weight = _depthwise(self.kernel, x)
         return F.conv_transpose1d(x, weight, stride=2, padding=2 * self.pad + 1, groups=x.shape[1])
-
-
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm's parameters and names, computed by `ops.group_norm` (the fused backend)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class ResConvBlock(nn.Module):
