@@ -130,9 +130,9 @@ class SchedulerMixin(ConfigMixin):
         self._host_step += 1
 
     def _at(self, table: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """table[step_index + offset] as a 0-dim tensor (gathered on the device, no host sync)."""
+        """table[step_index + offset]: a 0-dim tensor, or a row of a 2-D table (gathered on the device, no sync)."""
         index = self._step if offset == 0 else self._step + offset
-        return table.index_select(0, index.view(1)).view(())
+        return table.index_select(0, index.view(1)).squeeze(0)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
