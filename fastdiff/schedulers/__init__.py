@@ -3,6 +3,7 @@
 from .base import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 from .ddpm import DDPMScheduler, DDPMSchedulerOutput
 from .ddim import DDIMScheduler, DDIMSchedulerOutput
+from .pndm import PNDMScheduler
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -12,4 +13,5 @@ __all__ = [
     "DDPMSchedulerOutput",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
+    "PNDMScheduler",
 ]
