@@ -502,3 +502,23 @@ def add_noise_with_sigmas(scheduler: SchedulerMixin, original: torch.Tensor, noi
     else:
         index = torch.full((batch,), scheduler.begin_index, dtype=torch.long, device=original.device)
     return original + noise * broadcast_to_sample(sigmas.index_select(0, index), original)
+
+
+def interpolated_sigmas(config, alphas_cumprod: torch.Tensor, num_inference_steps: int,
+                        num_train_timesteps: int | None = None, timesteps=None):
+    """(timesteps, σ, log σ_train) of a σ-scheduler's loop, as diffusers' Euler/Heun/LMS/KDPM2 build them.
+
+    σ at each timestep is interpolated linearly in t from the train schedule; a use_*_sigmas option
+    then re-spaces σ and maps each σ back to a fractional timestep (sigma_to_t). The final σ = 0 is
+    not appended here.
+    """
+    T = num_train_timesteps or config.num_train_timesteps
+    if timesteps is None:
+        timesteps = sigma_timesteps(config.timestep_spacing, T, num_inference_steps, config.steps_offset)
+    sigmas_train = train_sigmas(alphas_cumprod)
+    log_sigmas = np.log(sigmas_train)
+    sigmas = np.interp(timesteps, np.arange(0, len(sigmas_train)), sigmas_train)
+    converted = convert_sigmas(config, sigmas, num_inference_steps)
+    if converted is not None:
+        sigmas, timesteps = converted, sigma_to_t(converted, log_sigmas)
+    return timesteps, sigmas, log_sigmas
