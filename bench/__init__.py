@@ -1,0 +1,1 @@
+"""Benchmarks and quality checks; a package so tests and examples can import `bench.shapes`."""
