@@ -2,6 +2,11 @@
 
 from .base import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 from .ddpm import DDPMScheduler, DDPMSchedulerOutput
+from .dpmsolver_multistep import DPMSolverMultistepScheduler
+from .dpmsolver_singlestep import DPMSolverSinglestepScheduler
+from .unipc_multistep import UniPCMultistepScheduler
+from .deis_multistep import DEISMultistepScheduler
+from .lcm import LCMScheduler, LCMSchedulerOutput
 from .ddim import DDIMScheduler, DDIMSchedulerOutput
 from .pndm import PNDMScheduler
 
@@ -14,4 +19,10 @@ __all__ = [
     "DDIMScheduler",
     "DDIMSchedulerOutput",
     "PNDMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "LCMScheduler",
+    "LCMSchedulerOutput",
 ]
