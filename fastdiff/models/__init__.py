@@ -4,5 +4,9 @@ from .config_checks import UnsupportedConfigError
 from .modeling import LoadingError, ModelMixin
 from .unet_1d import UNet1DModel, UNet1DOutput
 from .unet_2d import UNet2DModel, UNet2DOutput
+from .unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 
-__all__ = ["LoadingError", "ModelMixin", "UNet1DModel", "UNet1DOutput", "UNet2DModel", "UNet2DOutput", "UnsupportedConfigError"]
+__all__ = [
+    "LoadingError", "ModelMixin", "UNet1DModel", "UNet1DOutput", "UNet2DConditionModel", "UNet2DConditionOutput",
+    "UNet2DModel", "UNet2DOutput", "UnsupportedConfigError",
+]
