@@ -9,7 +9,8 @@ Backend choice, per call:
     `FASTDIFF_BACKEND` environment variable, else "auto": Triton for CUDA tensors, torch elsewhere.
   * When Triton is chosen, the op's `supported(...)` predicate (device, dtype, shape) must agree;
     otherwise the torch entry runs.
-  * Forcing "triton" where Triton cannot run at all (no CUDA and no `TRITON_INTERPRET=1`) is an error.
+  * Forcing "triton" where Triton cannot run (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)
+    is an error, not a silent fallback.
   * Calls that need autograd (training) run the torch entry directly: the kernels are forward-only.
 
 Example:
@@ -19,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass
@@ -83,27 +86,22 @@ class Op:
     supported: Callable[..., bool] = lambda *args, **kwargs: False
 
 
-def _triton_entries() -> dict[str, tuple[Callable, Callable]]:
-    """Triton launchers and their predicates, imported lazily (Triton is heavy to import)."""
-    return {}
-
-
 TABLE: dict[str, Op] = {
     "attention": Op(attention_torch),
     "group_norm": Op(group_norm_torch),
     "layer_norm": Op(layer_norm_torch),
     "geglu": Op(geglu_torch),
 }
-_triton_loaded = False
 
 
-def _table() -> dict[str, Op]:
-    global _triton_loaded
-    if not _triton_loaded:
-        for name, (fn, supported) in _triton_entries().items():
-            TABLE[name] = Op(TABLE[name].torch, fn, supported)
-        _triton_loaded = True
-    return TABLE
+@functools.cache
+def _triton_table() -> dict[str, Op]:
+    """TABLE with the Triton launchers filled in. Imported on the first call that wants Triton: the
+    import is heavy, and `@triton.jit` decides interpreted vs compiled when the kernel module loads."""
+    from fastdiff.kernels import attention, geglu, group_norm, layer_norm
+
+    kernels = {"attention": attention, "group_norm": group_norm, "layer_norm": layer_norm, "geglu": geglu}
+    return {name: Op(TABLE[name].torch, getattr(module, name), module.supported) for name, module in kernels.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,9 +115,20 @@ def _check_backend(name: str) -> str:
     return name
 
 
-def triton_can_run() -> bool:
-    """Triton runs on a CUDA device, or on the CPU under its interpreter (TRITON_INTERPRET=1)."""
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_can_run(device: torch.device | str | None = None) -> bool:
+    """Triton runs on CUDA tensors, or on CPU tensors under its interpreter (TRITON_INTERPRET=1).
+    Without a device: can it run anywhere in this process?"""
+    if not _triton_installed():
+        return False
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if device is None:
+        return interpret or torch.cuda.is_available()
+    return torch.device(device).type == ("cpu" if interpret else "cuda")
 
 
 def current_backend() -> str:
@@ -138,6 +147,9 @@ def current_backend() -> str:
 class use_backend:
     """Force a backend for the whole process (`use_backend("torch")`) or for a block (`with ...:`).
 
+    A block is local to its thread and wins over the process-wide choice, which wins over the
+    FASTDIFF_BACKEND environment variable.
+
     Example:
         >>> ops.use_backend("triton")          # process-wide from here on
         >>> with ops.use_backend("torch"):     # only inside the block
@@ -148,17 +160,15 @@ class use_backend:
         global _process_backend
         name = _check_backend(name)
         if name == "triton" and not triton_can_run():
-            raise RuntimeError(
-                "backend='triton' was forced, but Triton cannot run here: no CUDA device and "
-                "TRITON_INTERPRET=1 is not set. Use backend='torch' or 'auto'."
-            )
+            raise RuntimeError(_CANNOT_RUN.format(what="use_backend('triton')"))
         self.name = name
-        self._previous = _process_backend
-        _process_backend = name
+        # Applied process-wide now (plain call); __enter__ hands it back to the block instead.
+        self._previous, _process_backend = _process_backend, name
 
     def __enter__(self):
         global _process_backend
-        _process_backend = self._previous  # the block, not the process, owns this choice
+        if _process_backend == self.name:  # not overridden by another process-wide call meanwhile
+            _process_backend = self._previous
         stack = getattr(_state, "stack", None)
         if stack is None:
             stack = _state.stack = []
@@ -170,26 +180,29 @@ class use_backend:
         return False
 
 
+_CANNOT_RUN = (
+    "{what} forces Triton, but it cannot run here: Triton runs on CUDA tensors, or on CPU tensors with "
+    "TRITON_INTERPRET=1 set before fastdiff's kernels are imported. Use backend 'torch' or 'auto'."
+)
+
+
 def _use_triton(device: torch.device) -> bool:
     backend = current_backend()
-    if backend == "torch":
-        return False
     if backend == "triton":
-        if not triton_can_run():
-            raise RuntimeError(
-                f"{_ENV}=triton (or use_backend('triton')) forces Triton, but it cannot run here: "
-                "no CUDA device and TRITON_INTERPRET=1 is not set."
-            )
+        if not triton_can_run(device):
+            raise RuntimeError(_CANNOT_RUN.format(what=f"{_ENV}=triton or use_backend('triton')")
+                               + f" (tensors on {device})")
         return True
-    return device.type == "cuda"
+    return backend == "auto" and device.type == "cuda" and triton_can_run(device)
 
 
 def implementation(name: str, *args) -> Callable:
     """The function that will run op `name` on these arguments (first argument is a tensor)."""
-    op = _table()[name]
-    if op.triton is not None and _use_triton(args[0].device) and op.supported(*args):
-        return op.triton
-    return op.torch
+    if _use_triton(args[0].device):
+        op = _triton_table()[name]
+        if op.supported(*args):
+            return op.triton
+    return TABLE[name].torch
 
 
 def _needs_autograd(*tensors) -> bool:

@@ -8,7 +8,7 @@ Shared by tests/kernels/test_compile.py and bench/kernels.py.
 
 Must run in a process without TRITON_INTERPRET=1: under the interpreter `@triton.jit` builds
 interpreted functions that cannot be compiled. `python -m fastdiff.kernels.compile_report` prints
-the report as Markdown (`--json PATH` also writes the raw results).
+the report as Markdown (`--markdown PATH` / `--json PATH` also write it / the raw results).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class Case:
 @dataclass
 class Result:
     kernel: str
-    config: str
+    name: str  # Case.name: what varies besides the block configuration
+    config: str  # block sizes, warps, stages
     arch: int
     shared: int
     registers: int
@@ -124,8 +125,9 @@ def compile_case(case: Case, arch: int) -> Result:
                               options=dict(num_warps=case.num_warps, num_stages=case.num_stages))
     ptx = compiled.asm["ptx"]
     regs, stores, loads = ptxas_usage(ptx, arch)
-    config = f"{case.name} " + " ".join(f"{k}={v}" for k, v in case.constexprs.items() if k.startswith("BLOCK"))
-    return Result(kernel=case.kernel.__name__, config=f"{config} warps={case.num_warps} stages={case.num_stages}",
+    blocks = " ".join(f"{k}={v}" for k, v in case.constexprs.items() if k.startswith("BLOCK"))
+    return Result(kernel=case.kernel.__name__, name=case.name,
+                  config=f"{blocks} warps={case.num_warps} stages={case.num_stages}",
                   arch=arch, shared=compiled.metadata.shared, registers=regs, spill_stores=stores,
                   spill_loads=loads, wgmma="wgmma" in ptx, expect_wgmma=case.expect_wgmma and arch == 90)
 
@@ -135,10 +137,11 @@ def run(cases: list[Case] | None = None) -> list[Result]:
 
 
 def markdown(results: list[Result]) -> str:
-    lines = ["| kernel | config | sm | smem (KB) | regs | spill st/ld (B) | wgmma |", "|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | case | config | sm | smem (KB) | regs | spill st/ld (B) | wgmma |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         smem = f"{r.shared / 1024:.1f}" + ("" if r.smem_ok else " TOO BIG")
-        lines.append(f"| {r.kernel} | {r.config} | {r.arch} | {smem} | {r.registers} | "
+        lines.append(f"| {r.kernel} | {r.name} | {r.config} | {r.arch} | {smem} | {r.registers} | "
                      f"{r.spill_stores}/{r.spill_loads} | {'yes' if r.wgmma else 'no'} |")
     return "\n".join(lines)
 
@@ -146,11 +149,15 @@ def markdown(results: list[Result]) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--markdown", help="also write the table here")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("compile_report: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
     results = run()
-    print(markdown(results))
+    table = markdown(results)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
 

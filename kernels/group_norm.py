@@ -9,8 +9,8 @@ so one code path covers both (stride_s == 1 for NCHW, stride_c == 1 for channels
 keeps x's layout. One program per (sample, group) walks the group's (C/G) x S elements in
 [BLOCK_C, BLOCK_S] tiles twice: pass 1 for the statistics, pass 2 to normalise and store.
 
-Statistics: fp32, chunked two-level Welford (Chan et al. 1979): each tile gives an exact two-pass
-(count, mean, M2), tiles are merged with
+Statistics: fp32, of x shifted by the group's first element, chunked two-level Welford (Chan et al.
+1979): each tile gives an exact two-pass (count, mean, M2), tiles are merged with
     mean = mean_a + delta * n_b / n,   M2 = M2_a + M2_b + delta^2 * n_a * n_b / n,  delta = mean_b - mean_a,
 which stays accurate for large H*W where sum(x^2) - sum(x)^2/n would cancel. var = M2 / n (biased, as torch).
 
@@ -59,14 +59,18 @@ def _group_norm_fwd(
     X += base
     Y += base
 
-    # pass 1: per-tile exact (count, mean, M2), merged across tiles with Chan's formula
+    # Statistics of x - k, k = the group's first element: shifted values are O(std), so tile sums
+    # do not round at the scale of the mean (mean 100, std 1 would lose ~5 bits), and x - k is exact.
+    k = tl.load(X).to(tl.float32)
+
+    # pass 1: per-tile exact (count, mean, M2) of x - k, merged across tiles with Chan's formula
     count = 0.0
     mean = 0.0
     m2 = 0.0
     for c0 in range(0, C_G, BLOCK_C):
         for s0 in range(0, S, BLOCK_S):
             offs, mask = _tile_offsets(c0, s0, C_G, S, stride_c, stride_s, BLOCK_C, BLOCK_S)
-            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            x = tl.where(mask, tl.load(X + offs, mask=mask).to(tl.float32) - k, 0.0)
             n_b = tl.sum(mask.to(tl.float32), axis=None)
             mean_b = tl.sum(x, axis=None) / n_b
             m2_b = tl.sum(tl.where(mask, (x - mean_b) * (x - mean_b), 0.0), axis=None)
@@ -81,7 +85,7 @@ def _group_norm_fwd(
     for c0 in range(0, C_G, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_ok = offs_c < C_G
-        # fold mean and rstd into one per-channel scale and shift: y = x * a + b
+        # fold the statistics and the affine into one per-channel scale and shift: y = (x - k) * a + shift
         a = tl.full([BLOCK_C], 1.0, tl.float32) * rstd
         if HAS_W:
             a *= tl.load(W + g * C_G + offs_c, mask=c_ok, other=0.0).to(tl.float32)
@@ -90,7 +94,8 @@ def _group_norm_fwd(
             shift += tl.load(B + g * C_G + offs_c, mask=c_ok, other=0.0).to(tl.float32)
         for s0 in range(0, S, BLOCK_S):
             offs, mask = _tile_offsets(c0, s0, C_G, S, stride_c, stride_s, BLOCK_C, BLOCK_S)
-            y = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) * a[:, None] + shift[:, None]
+            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            y = (x - k) * a[:, None] + shift[:, None]
             if ACT == 1:
                 y = y * tl.sigmoid(y)  # SiLU
             tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
