@@ -288,13 +288,8 @@ def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray
 
 def beta_sigmas(sigma_min: float, sigma_max: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
     """Lee et al. 2024 ("Beta Sampling is All You Need"): σ_i = σ_min + F⁻¹_Beta(α,β)(1 - i/(n-1)) (σ_max - σ_min).
-    Needs scipy (as diffusers does) for the Beta quantile function."""
-    try:
-        import scipy.stats
-    except ImportError as err:  # pragma: no cover - scipy is installed wherever beta sigmas are tested
-        raise ImportError("Make sure to install scipy if you want to use beta sigmas.") from err
-    ppf = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), alpha, beta)
-    return np.array([sigma_min + p * (sigma_max - sigma_min) for p in ppf])
+    F⁻¹ is `beta_ppf` below (to ~1e-15 of scipy's), so scipy is not needed at run time."""
+    return np.array([sigma_min + beta_ppf(q, alpha, beta) * (sigma_max - sigma_min) for q in 1 - np.linspace(0, 1, n)])
 
 
 def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
@@ -338,11 +333,6 @@ def refuse_custom_schedule(owner: str, **given):
 # ---- σ schedules (Karras et al. 2022 notation: x_t = x_0 + σ_t ε) ---------------------------------------
 
 
-def train_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
-    """σ_t = √((1 - ᾱ_t) / ᾱ_t) for t = 0..T-1, in float32 as diffusers computes it."""
-    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy()
-
-
 def sigma_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps: int,
                     steps_offset: int = 0) -> np.ndarray:
     """Float32 timesteps, descending, as the σ-schedulers (Euler, Heun, LMS, KDPM2) space them."""
@@ -354,34 +344,6 @@ def sigma_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps:
     if spacing == "trailing":
         return np.arange(T, 0, -T / n).round().astype(np.float32) - np.float32(1)
     raise ValueError(f"timestep_spacing={spacing!r} is not supported; choose one of {list(TIMESTEP_SPACINGS)}.")
-
-
-def sigma_to_t(sigmas, log_sigmas: np.ndarray) -> np.ndarray:
-    """Fractional timestep of each σ: piecewise-linear interpolation of t in log σ over the train schedule."""
-    log_sigma = np.log(np.maximum(sigmas, 1e-10))
-    dists = log_sigma - log_sigmas[:, np.newaxis]
-    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    high = low + 1
-    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high]), 0, 1)
-    return ((1 - w) * low + w * high).reshape(np.shape(sigmas))
-
-
-def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
-    """σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ (Karras et al. 2022, eq. 5)."""
-    ramp = np.linspace(0, 1, n)
-    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-
-
-def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
-    """σ evenly spaced in log σ from σ_max down to σ_min."""
-    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
-
-
-def beta_sigmas(sigma_min: float, sigma_max: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
-    """σ_i = σ_min + F⁻¹(1 - i/(n-1)) (σ_max - σ_min), F the Beta(α, β) CDF ("Beta Sampling is All You Need",
-    Lee et al. 2024). F⁻¹ is computed here, so scipy is not needed at run time."""
-    return np.array([sigma_min + beta_ppf(q, alpha, beta) * (sigma_max - sigma_min) for q in 1 - np.linspace(0, 1, n)])
 
 
 def _betainc_cf(a: float, b: float, x: float) -> float:
@@ -455,10 +417,7 @@ def convert_sigmas(config, in_sigmas: np.ndarray, num_inference_steps: int) -> n
     σ_min / σ_max come from the config when it has them (also as hidden keys carried over from
     another scheduler's config, as in diffusers), else from the ends of `in_sigmas`.
     """
-    sigma_min = config.get("sigma_min")
-    sigma_max = config.get("sigma_max")
-    sigma_min = float(in_sigmas[-1]) if sigma_min is None else sigma_min
-    sigma_max = float(in_sigmas[0]) if sigma_max is None else sigma_max
+    sigma_min, sigma_max = sigma_range(config, in_sigmas)
     if config.get("use_karras_sigmas"):
         return karras_sigmas(sigma_min, sigma_max, num_inference_steps)
     if config.get("use_exponential_sigmas"):
@@ -515,7 +474,7 @@ def interpolated_sigmas(config, alphas_cumprod: torch.Tensor, num_inference_step
     T = num_train_timesteps or config.num_train_timesteps
     if timesteps is None:
         timesteps = sigma_timesteps(config.timestep_spacing, T, num_inference_steps, config.steps_offset)
-    sigmas_train = train_sigmas(alphas_cumprod)
+    sigmas_train = vp_sigmas(alphas_cumprod)
     log_sigmas = np.log(sigmas_train)
     sigmas = np.interp(timesteps, np.arange(0, len(sigmas_train)), sigmas_train)
     converted = convert_sigmas(config, sigmas, num_inference_steps)
