@@ -9,6 +9,7 @@ from .deis_multistep import DEISMultistepScheduler
 from .lcm import LCMScheduler, LCMSchedulerOutput
 from .ddim import DDIMScheduler, DDIMSchedulerOutput
 from .pndm import PNDMScheduler
+from .lms_discrete import LMSDiscreteScheduler, LMSDiscreteSchedulerOutput
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -19,6 +20,8 @@ __all__ = [
     "DDIMScheduler",
     "DDIMSchedulerOutput",
     "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "LMSDiscreteSchedulerOutput",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler",
