@@ -103,6 +103,17 @@ def test_dataset_samples_follow_the_rules():
     assert {s.color for s in samples} == {s.background for s in samples} == set(shapes.COLORS)
 
 
+@pytest.mark.parametrize("shape, area", [("circle", np.pi / 4), ("square", 1.0), ("triangle", 0.5)])
+def test_render_covers_the_exact_area_with_smooth_edges(shape, area):
+    size = 25.5
+    image = shapes.render(shape, "white", "black", (30.3, 33.6), size)
+    white, black = shapes.PALETTE["white"][0], shapes.PALETTE["black"][0]
+    coverage = (np.asarray(image, dtype=float)[..., 0] - black) / (white - black)
+    assert coverage.sum() == pytest.approx(area * size**2, rel=0.01)
+    # Anti-aliased: the shape sits off the pixel grid, so its edge pixels are partly covered.
+    assert np.sum((coverage > 0.02) & (coverage < 0.98)) >= 2 * size
+
+
 def test_to_tensor_is_in_minus_one_one():
     samples = shapes.dataset(3, seed=0)
     x = shapes.to_tensor([s.image for s in samples])
@@ -132,6 +143,17 @@ def test_evaluator_reads_degraded_renders():
 def test_evaluator_reads_each_shape_at_the_size_extremes(shape, size):
     image = shapes.render(shape, "white", "black", (31.3, 33.7), size)
     assert shapes.analyse(image) == (shape, "white", "black")
+
+
+@pytest.mark.parametrize("shape", shapes.SHAPES)
+@pytest.mark.parametrize("size", [18.0, 40.0])
+def test_evaluator_reads_each_shape_blurred(shape, size):
+    # Blur erodes square corners and the triangle's apex most for small shapes; radius 2 is past
+    # `degrade`'s worst case. Sub-pixel offsets change which edge pixels pass the 0.5 cut.
+    for offset in (0.0, 0.25, 0.5, 0.75):
+        image = shapes.render(shape, "blue", "yellow", (30 + offset, 33 - offset), size)
+        image = image.filter(ImageFilter.GaussianBlur(2.0))
+        assert shapes.analyse(image) == (shape, "blue", "yellow"), offset
 
 
 def test_blank_image_has_no_shape():
