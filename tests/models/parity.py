@@ -42,6 +42,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = FP32
     assert err <= tol, f"{what}: max abs difference is {err:.3g} x max |expected| (tolerance {tol:g})"
 
 
+def assert_low_precision(actual: torch.Tensor, expected: torch.Tensor, reference: torch.Tensor | None = None):
+    """`actual` (float16/bfloat16) is finite and within LOW_TOL of the float32 `expected`, or, when diffusers'
+    own result in the same dtype (`reference`) is given, no more than 1.5x as far from it as diffusers is."""
+    assert actual.dtype in LOW_TOL, actual.dtype
+    limit = LOW_TOL[actual.dtype]
+    if reference is not None:
+        limit = max(limit, 1.5 * rel_err(reference, expected))
+    assert_close(actual.float(), expected, tol=limit, what=f"{actual.dtype} output")
+
+
 def assert_same_state_dict(a: dict, b: dict):
     """Same keys, shapes, dtypes and bits."""
     assert sorted(a) == sorted(b), f"keys differ: {sorted(set(a) ^ set(b))[:10]}"
