@@ -10,6 +10,7 @@ from .lcm import LCMScheduler, LCMSchedulerOutput
 from .ddim import DDIMScheduler, DDIMSchedulerOutput
 from .pndm import PNDMScheduler
 from .lms_discrete import LMSDiscreteScheduler, LMSDiscreteSchedulerOutput
+from .euler_discrete import EulerDiscreteScheduler, EulerDiscreteSchedulerOutput
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -22,6 +23,8 @@ __all__ = [
     "PNDMScheduler",
     "LMSDiscreteScheduler",
     "LMSDiscreteSchedulerOutput",
+    "EulerDiscreteScheduler",
+    "EulerDiscreteSchedulerOutput",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler",
