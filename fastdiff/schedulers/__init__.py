@@ -11,6 +11,7 @@ from .ddim import DDIMScheduler, DDIMSchedulerOutput
 from .pndm import PNDMScheduler
 from .lms_discrete import LMSDiscreteScheduler, LMSDiscreteSchedulerOutput
 from .euler_discrete import EulerDiscreteScheduler, EulerDiscreteSchedulerOutput
+from .euler_ancestral_discrete import EulerAncestralDiscreteScheduler, EulerAncestralDiscreteSchedulerOutput
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -25,6 +26,8 @@ __all__ = [
     "LMSDiscreteSchedulerOutput",
     "EulerDiscreteScheduler",
     "EulerDiscreteSchedulerOutput",
+    "EulerAncestralDiscreteScheduler",
+    "EulerAncestralDiscreteSchedulerOutput",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler",
