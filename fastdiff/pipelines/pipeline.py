@@ -345,13 +345,25 @@ def _load_component(folder: Path, name: str, entry: tuple, dtype, variant, use_s
     path = loading.safe_join(folder, name)
     if not path.is_dir():
         raise OSError(f"model_index.json names the component {name!r} ({library}.{class_name}), but {path} does not exist.")
+    cls = _component_class(name, library, class_name)
+    import transformers
+
+    if issubclass(cls, transformers.PreTrainedModel):
+        # transformers falls back to pickle unless use_safetensors=True; fastdiff only unpickles when asked
+        options = {"dtype": dtype, "variant": variant, "use_safetensors": use_safetensors is not False}
+        return cls.from_pretrained(path, **{k: v for k, v in options.items() if v is not None})
+    if issubclass(cls, torch.nn.Module):
+        return cls.from_pretrained(path, dtype=dtype, variant=variant, use_safetensors=use_safetensors)
+    return cls.from_pretrained(path)
+
+
+def _component_class(name: str, library: str, class_name: str) -> type:
+    """The class for a `[library, ClassName]` entry: fastdiff's own, or one of a few transformers classes."""
     if library in FASTDIFF_LIBRARIES:
         cls = fastdiff_class(class_name)
         if cls is None or not hasattr(cls, "from_pretrained"):
             raise ValueError(f"Component {name!r}: fastdiff does not implement {library}.{class_name}.")
-        if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
-            return cls.from_pretrained(path, dtype=dtype, variant=variant, use_safetensors=use_safetensors)
-        return cls.from_pretrained(path)
+        return cls
     if library == "transformers":
         if class_name not in TRANSFORMERS_CLASSES:
             raise ValueError(
@@ -360,9 +372,5 @@ def _load_component(folder: Path, name: str, entry: tuple, dtype, variant, use_s
             )
         import transformers
 
-        cls = getattr(transformers, TRANSFORMERS_CLASSES[class_name])
-        if issubclass(cls, torch.nn.Module):
-            options = {"dtype": dtype, "variant": variant, "use_safetensors": use_safetensors is not False}
-            return cls.from_pretrained(path, **{k: v for k, v in options.items() if v is not None})
-        return cls.from_pretrained(path)
+        return getattr(transformers, TRANSFORMERS_CLASSES[class_name])
     raise ValueError(f"Component {name!r}: library {library!r} is not one fastdiff loads (diffusers, transformers).")
