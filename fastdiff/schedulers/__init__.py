@@ -12,6 +12,7 @@ from .pndm import PNDMScheduler
 from .lms_discrete import LMSDiscreteScheduler, LMSDiscreteSchedulerOutput
 from .euler_discrete import EulerDiscreteScheduler, EulerDiscreteSchedulerOutput
 from .euler_ancestral_discrete import EulerAncestralDiscreteScheduler, EulerAncestralDiscreteSchedulerOutput
+from .heun_discrete import HeunDiscreteScheduler, HeunDiscreteSchedulerOutput
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -28,6 +29,8 @@ __all__ = [
     "EulerDiscreteSchedulerOutput",
     "EulerAncestralDiscreteScheduler",
     "EulerAncestralDiscreteSchedulerOutput",
+    "HeunDiscreteScheduler",
+    "HeunDiscreteSchedulerOutput",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler",

@@ -1,0 +1,189 @@
+"""Heun: Algorithm 1 of Karras et al., "Elucidating the Design Space of Diffusion-Based Generative
+Models" (2022), the deterministic second-order sampler.
+
+Symbols: x = x_0 + σ ε, d(x, σ) = (x - x̂_0(x, σ)) / σ. Each step σ_i -> σ_{i+1} takes two model calls:
+
+    stage 1 (call 2i):   d_i = d(x_i, σ_i),          x' = x_i + (σ_{i+1} - σ_i) d_i       (Euler)
+    stage 2 (call 2i+1): d' = d(x', σ_{i+1}),        x_{i+1} = x_i + (σ_{i+1} - σ_i) (d_i + d')/2
+
+The last step (σ_{i+1} = 0) is stage 1 only. diffusers lists every σ twice so that the loop makes
+2N-1 calls; its stage is "first" when no `dt` is stored. Here the stage is a device table indexed by
+the call (`_first_stage`: even calls), and so are σ_in (the σ the model output is read at) and dt.
+The state between the stages (d_i and x_i) lives in device tensors; both stages run the same code:
+
+    D = d  (stage 1)  |  (d_i + d)/2  (stage 2),   x_{n+1} = [x  |  x_i] + dt · D
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..configuration import register_to_config
+from ..outputs import BaseOutput
+from .base import (
+    CLASSIC_BETA_SCHEDULES,
+    KARRAS_COMPATIBLES,
+    PREDICTION_TYPES,
+    TIMESTEP_SPACINGS,
+    SchedulerMixin,
+    add_noise_with_sigmas,
+    check_choice,
+    check_num_inference_steps,
+    check_sigma_options,
+    interpolated_sigmas,
+    make_betas,
+    predict_x0_from_sigma,
+    refuse_custom_schedule,
+)
+
+
+@dataclass
+class HeunDiscreteSchedulerOutput(BaseOutput):
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+def interleave(values: torch.Tensor, keep_last: bool) -> torch.Tensor:
+    """[v_0, v_1, v_1, v_2, v_2, ...]: every entry after the first twice (the last once unless keep_last)."""
+    middle = values[1:] if keep_last else values[1:-1]
+    tail = values[-1:] if not keep_last else values[:0]
+    return torch.cat([values[:1], middle.repeat_interleave(2), tail])
+
+
+class HeunDiscreteScheduler(SchedulerMixin):
+    """Heun's second-order sampling in σ (2N-1 model calls for N steps).
+
+    Example:
+        >>> scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+        >>> scheduler.set_timesteps(25)     # 49 timesteps: each σ after the first is visited twice
+        >>> x = x * scheduler.init_noise_sigma
+        >>> for t in scheduler.timesteps:
+        ...     x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
+    """
+
+    _compatibles = KARRAS_COMPATIBLES
+    order = 2
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        prediction_type: str = "epsilon",
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        timestep_spacing: Literal["linspace", "leading", "trailing"] = "linspace",
+        steps_offset: int = 0,
+    ):
+        name = type(self).__name__
+        check_sigma_options(self.config, name)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES, name)
+        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
+        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                                allowed=CLASSIC_BETA_SCHEDULES + ("exp",))
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.use_karras_sigmas = use_karras_sigmas
+        self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:
+        """σ_max; √(σ_max² + 1) for "leading" spacing, as diffusers."""
+        if self.config.timestep_spacing in ("linspace", "trailing"):
+            return self.sigmas.max()
+        return (self.sigmas.max() ** 2 + 1) ** 0.5
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """Whether the next call is stage 1 (host view: the call count's parity)."""
+        return self._host_step % 2 == 0
+
+    # ---- schedule ----------------------------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      num_train_timesteps: int | None = None, timesteps: list[int] | None = None, **custom):
+        """σ_0..σ_{N-1}, 0 by spacing (or from custom timesteps), interleaved for the two stages.
+
+        Custom `sigmas=` are refused with a ValueError, as diffusers' Heun does not take them.
+        """
+        refuse_custom_schedule(type(self).__name__, **custom)
+        self._check_schedule_arguments(num_inference_steps, num_train_timesteps, timesteps)
+        n = num_inference_steps or len(timesteps)
+        self.num_inference_steps = n
+        custom = None if timesteps is None else np.array(timesteps, dtype=np.float32)
+        timesteps, sigmas, _ = interpolated_sigmas(self.config, self.alphas_cumprod, n, num_train_timesteps, custom)
+        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self.sigmas = interleave(sigmas, keep_last=False).to(device)  # 2N entries
+        self.timesteps = interleave(torch.from_numpy(np.asarray(timesteps)), keep_last=True).to(device, torch.float32)
+        self._write_stage_tables(sigmas, device)
+        self._reset_step_state()
+        self._state = None  # (d_i, x_i) between the stages
+
+    def _check_schedule_arguments(self, num_inference_steps, num_train_timesteps, timesteps):
+        cfg, name = self.config, type(self).__name__
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+            if timesteps is not None and cfg[key]:
+                raise ValueError(f"Cannot set `timesteps` with `config.{key} = True`.")
+        if num_inference_steps is not None:
+            check_num_inference_steps(num_inference_steps, num_train_timesteps or cfg.num_train_timesteps, name)
+        elif len(timesteps) == 0:
+            raise ValueError("Custom `timesteps` must hold at least one step.")
+
+    def _write_stage_tables(self, sigmas: torch.Tensor, device):
+        """Per call c (2N-1 calls): stage, σ_in and dt. Call 2i is stage 1 of step i, call 2i+1 stage 2."""
+        dt = sigmas[1:] - sigmas[:-1]  # σ_{i+1} - σ_i, float32 as diffusers
+        calls = 2 * (len(sigmas) - 1) - 1
+        step = (torch.arange(calls) + 1) // 2  # the step a call belongs to, counted at stage 2 as the next σ
+        first = torch.arange(calls) % 2 == 0
+        self._first_stage = first.to(device)
+        # stage 1 reads the model at σ_i, stage 2 at σ_{i+1}; both use dt of step i
+        self._sigma_in = sigmas[step].to(device)
+        self._dt = dt[torch.where(first, step, step - 1)].to(device)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
+        """x / √(σ² + 1) at the call's σ."""
+        self._init_step_index(timestep)
+        sigma = self._at(self.sigmas)
+        return sample / (sigma**2 + 1) ** 0.5
+
+    # ---- the update ---------------------------------------------------------------------------------
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+             return_dict: bool = True):
+        """Stage 1 (Euler predictor) or stage 2 (trapezoidal corrector), as the call's table row says."""
+        self._init_step_index(timestep)
+        sigma_in, first = self._at(self._sigma_in), self._at(self._first_stage)
+        x0 = predict_x0_from_sigma(self.config.prediction_type, model_output, sample, sigma_in)
+        # ---- stage: clip x̂_0 ----
+        if self.config.clip_sample:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        derivative = (sample - x0) / sigma_in
+        d_first, x_first = self._state if self._state is not None else (derivative, sample)
+
+        slope = torch.where(first, derivative, (d_first + derivative) / 2)
+        origin = torch.where(first, sample, x_first)
+        prev_sample = origin + slope * self._at(self._dt)
+
+        self._state = (torch.where(first, derivative, d_first), torch.where(first, sample, x_first))
+        self._advance()
+        if not return_dict:
+            return (prev_sample, x0)
+        return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = x_0 + σ_t ε."""
+        return add_noise_with_sigmas(self, original_samples, noise, timesteps)
