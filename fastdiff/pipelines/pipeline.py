@@ -245,11 +245,11 @@ class DiffusionPipeline(ConfigMixin):
                     folder, name, entries[name], _dtype_for(dtype, name),
                     variant if name in variants else None, use_safetensors,
                 )
-        missing = names - set(init_kwargs)
+        missing = {n for n in names if init_kwargs.get(n) is None and n not in passed}
         if missing - set(pipeline_class._optional_components):
             raise ValueError(
                 f"Pipeline {pipeline_class.__name__} expected {sorted(names)}, but only "
-                f"{sorted(set(init_kwargs) - optional)} were passed."
+                f"{sorted(n for n in names if init_kwargs.get(n) is not None)} were passed."
             )
         for name in missing:
             init_kwargs[name] = None
