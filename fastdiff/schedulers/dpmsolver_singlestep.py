@@ -143,8 +143,8 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorMixin):
         """diffusers rewrites the config: an uneven step count or a final σ = 0 needs lower_order_final."""
         cfg = self.config
         if not cfg.lower_order_final and (n % cfg.solver_order != 0 or cfg.final_sigmas_type == "zero"):
-            logger.warning(f"Changing scheduler {dict(cfg)} to have `lower_order_final` set to True: the step count "
-                           f"{n} is not a multiple of solver_order or the final sigma is zero.")
+            logger.warning(f"Setting `lower_order_final=True` in the config of {type(self).__name__}: {n} steps are not a "
+                           f"multiple of solver_order={cfg.solver_order}, or the final sigma is zero.")
             self.register_to_config(lower_order_final=True)
 
     def _coefficient_table(self, alpha, sigma, lam) -> torch.Tensor:

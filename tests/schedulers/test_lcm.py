@@ -1,0 +1,139 @@
+"""LCMScheduler against diffusers: timesteps (strength, original steps, custom), trajectories with seeded
+noise, sync-free loops, config round trips and bad input."""
+
+import inspect
+import itertools
+import logging
+
+import diffusers
+import pytest
+import torch
+
+from fastdiff import LCMScheduler
+
+from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop, stand_in_model
+
+CONFIGS = [
+    dict(),
+    dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_scaling=5.0),
+    dict(prediction_type="sample", clip_sample=True, clip_sample_range=0.8, beta_schedule="linear", beta_start=0.0001,
+         beta_end=0.02),
+    dict(thresholding=True, sample_max_value=1.5, beta_schedule="squaredcos_cap_v2", set_alpha_to_one=False),
+    dict(original_inference_steps=100, steps_offset=1, timestep_spacing="trailing"),  # spacing/offset: unused by LCM
+]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_custom_schedule_warnings(caplog):
+    caplog.set_level(logging.ERROR)
+
+
+@pytest.mark.parametrize("config,steps", list(itertools.product(CONFIGS, STEP_COUNTS)))
+def test_loop_matches_diffusers(config, steps):
+    assert_same_loop(LCMScheduler(**config), diffusers.LCMScheduler(**config), steps)
+
+
+@pytest.mark.parametrize(
+    "set_kwargs",
+    [
+        dict(num_inference_steps=4, strength=0.5),
+        dict(num_inference_steps=3, original_inference_steps=20),
+        dict(timesteps=[999, 759, 499, 259]),
+        dict(timesteps=[999, 759, 499, 259], strength=0.5),  # diffusers still re-noises the last step here
+        dict(timesteps=[900, 700, 310, 20]),  # off the distillation grid (a warning)
+    ],
+)
+def test_timestep_options_match_diffusers(set_kwargs):
+    assert_same_loop(LCMScheduler(), diffusers.LCMScheduler(), None, set_kwargs=set_kwargs)
+
+
+def test_pre_drawn_noise_equals_generator_draws():
+    def loop(use_variance_noise):
+        s = LCMScheduler()
+        s.set_timesteps(4)
+        g, x = torch.Generator().manual_seed(0), torch.ones(1, 2, 4, 4)
+        for i, t in enumerate(s.timesteps):
+            z = torch.randn(x.shape, generator=g) if use_variance_noise and i < 3 else None
+            x = s.step(stand_in_model(x, t), t, x, generator=None if use_variance_noise else g, variance_noise=z)[0]
+        return x
+
+    torch.testing.assert_close(loop(True), loop(False), rtol=0, atol=0)
+
+
+def test_denoised_output_and_tuple_match_diffusers():
+    ours, theirs = LCMScheduler(), diffusers.LCMScheduler()
+    ours.set_timesteps(4)
+    theirs.set_timesteps(4)
+    x, t = torch.randn(1, 4, 8, 8), theirs.timesteps[0]
+    a = ours.step(stand_in_model(x, t), t, x, generator=torch.Generator().manual_seed(0), return_dict=False)
+    b = theirs.step(stand_in_model(x, t), t, x, generator=torch.Generator().manual_seed(0), return_dict=False)
+    assert len(a) == len(b) == 2
+    torch.testing.assert_close(a, b)
+
+
+def test_add_noise_and_velocity_match_diffusers():
+    ours, theirs = LCMScheduler(), diffusers.LCMScheduler()
+    x, n, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
+    torch.testing.assert_close(ours.add_noise(x, n, t), theirs.add_noise(x, n, t))
+    torch.testing.assert_close(ours.get_velocity(x, n, t), theirs.get_velocity(x, n, t))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_loop_never_syncs_with_the_host(config):
+    _, x = run_loop(LCMScheduler(**config), 7, guard=no_host_sync)
+    assert torch.isfinite(x).all()
+
+
+def test_save_load_round_trip(tmp_path):
+    s = LCMScheduler(original_inference_steps=100, timestep_scaling=5.0, prediction_type="v_prediction")
+    s.save_pretrained(tmp_path / "scheduler")
+    loaded = LCMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    assert loaded.to_json_string() == s.to_json_string()
+    theirs = diffusers.LCMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    assert_same_loop(loaded, theirs, 4)
+
+
+@pytest.mark.parametrize("method", ["__init__", "set_timesteps", "step"])
+def test_signatures_match_diffusers(method):
+    ours = list(inspect.signature(getattr(LCMScheduler, method)).parameters)
+    theirs = list(inspect.signature(getattr(diffusers.LCMScheduler, method)).parameters)
+    extra = ["variance_noise"] if method == "step" else []  # fastdiff: pre-drawn noise for graph replays
+    assert ours == theirs + extra
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(beta_schedule="sigmoid"), "beta_schedule='sigmoid'"),
+        (dict(prediction_type="noise"), "prediction_type='noise'"),
+        (dict(timestep_spacing="uniform"), "timestep_spacing='uniform'"),
+    ],
+)
+def test_bad_config_values_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LCMScheduler(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "set_kwargs,match",
+    [
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(num_inference_steps=-2), "num_inference_steps"),
+        (dict(num_inference_steps=1001), "num_inference_steps"),
+        (dict(num_inference_steps=60, strength=2.0), "cannot be larger than `original_inference_steps`"),
+        (dict(num_inference_steps=8, strength=0.1), "original_steps x strength"),
+        (dict(num_inference_steps=4, original_inference_steps=1001), "original_steps"),
+        (dict(), "exactly one"),
+        (dict(num_inference_steps=4, timesteps=[999, 499]), "only pass one"),
+        (dict(timesteps=[499, 999]), "descending"),
+        (dict(timesteps=[1000, 499]), "must start before"),
+    ],
+)
+def test_bad_schedules_are_refused(set_kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LCMScheduler().set_timesteps(**set_kwargs)
+
+
+def test_custom_sigmas_are_not_taken():
+    with pytest.raises(TypeError):  # no sigmas= here, as in diffusers (pipelines check the signature)
+        LCMScheduler().set_timesteps(4, sigmas=[1.0, 0.5])
