@@ -13,6 +13,7 @@ from .lms_discrete import LMSDiscreteScheduler, LMSDiscreteSchedulerOutput
 from .euler_discrete import EulerDiscreteScheduler, EulerDiscreteSchedulerOutput
 from .euler_ancestral_discrete import EulerAncestralDiscreteScheduler, EulerAncestralDiscreteSchedulerOutput
 from .heun_discrete import HeunDiscreteScheduler, HeunDiscreteSchedulerOutput
+from .k_dpm_2_discrete import KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerOutput
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -31,6 +32,8 @@ __all__ = [
     "EulerAncestralDiscreteSchedulerOutput",
     "HeunDiscreteScheduler",
     "HeunDiscreteSchedulerOutput",
+    "KDPM2DiscreteScheduler",
+    "KDPM2DiscreteSchedulerOutput",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler",

@@ -47,11 +47,9 @@ class HeunDiscreteSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-def interleave(values: torch.Tensor, keep_last: bool) -> torch.Tensor:
-    """[v_0, v_1, v_1, v_2, v_2, ...]: every entry after the first twice (the last once unless keep_last)."""
-    middle = values[1:] if keep_last else values[1:-1]
-    tail = values[-1:] if not keep_last else values[:0]
-    return torch.cat([values[:1], middle.repeat_interleave(2), tail])
+def interleave(values: torch.Tensor) -> torch.Tensor:
+    """[v_0, v_1, v_1, v_2, v_2, ..., v_n, v_n]: every entry after the first twice (one per stage)."""
+    return torch.cat([values[:1], values[1:].repeat_interleave(2)])
 
 
 class HeunDiscreteScheduler(SchedulerMixin):
@@ -123,8 +121,8 @@ class HeunDiscreteScheduler(SchedulerMixin):
         custom = None if timesteps is None else np.array(timesteps, dtype=np.float32)
         timesteps, sigmas, _ = interpolated_sigmas(self.config, self.alphas_cumprod, n, num_train_timesteps, custom)
         sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
-        self.sigmas = interleave(sigmas, keep_last=False).to(device)  # 2N entries
-        self.timesteps = interleave(torch.from_numpy(np.asarray(timesteps)), keep_last=True).to(device, torch.float32)
+        self.sigmas = interleave(sigmas)[:-1].to(device)  # 2N entries: σ_0, σ_1, σ_1, ..., σ_{N-1}, σ_{N-1}, 0
+        self.timesteps = interleave(torch.from_numpy(np.asarray(timesteps))).to(device, torch.float32)
         self._write_stage_tables(sigmas, device)
         self._reset_step_state()
         self._state = None  # (d_i, x_i) between the stages

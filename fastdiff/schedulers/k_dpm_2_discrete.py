@@ -1,0 +1,185 @@
+"""KDPM2: the second-order "DPM-Solver-2" sampler of k-diffusion (`sample_dpm_2`), after Algorithm 2 of
+Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models" (2022), with the
+midpoint taken in log σ.
+
+Symbols: x = x_0 + σ ε, d(x, σ) = (x - x̂_0(x, σ)) / σ, σ_mid = exp((ln σ_i + ln σ_{i+1}) / 2). Each step
+σ_i -> σ_{i+1} takes two model calls (the last step, to σ = 0, only the first):
+
+    stage 1 (call 2i):    x' = x_i + (σ_mid - σ_i) d(x_i, σ_i)
+    stage 2 (call 2i+1):  x_{i+1} = x_i + (σ_{i+1} - σ_i) d(x', σ_mid)
+
+Both stages are one formula over per-call device tables (stage from the call index, not a Python flag):
+
+    x_next = [x  |  x_i] + dt · (x - x̂_0(x, σ_in)) / σ_in,    σ_in = [σ_i | σ_mid],   dt = [σ_mid - σ_i | σ_{i+1} - σ_i]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..configuration import register_to_config
+from ..outputs import BaseOutput
+from .base import (
+    CLASSIC_BETA_SCHEDULES,
+    KARRAS_COMPATIBLES,
+    TIMESTEP_SPACINGS,
+    SchedulerMixin,
+    add_noise_with_sigmas,
+    check_choice,
+    check_num_inference_steps,
+    check_sigma_options,
+    interpolated_sigmas,
+    make_betas,
+    predict_x0_from_sigma,
+    refuse_custom_schedule,
+)
+from .heun_discrete import interleave
+
+
+@dataclass
+class KDPM2DiscreteSchedulerOutput(BaseOutput):
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+def kdpm2_sigmas_and_timesteps(scheduler: SchedulerMixin, num_inference_steps: int, num_train_timesteps):
+    """(σ_0..σ_N with σ_N = 0, their timesteps, log σ_train) as diffusers' KDPM2 schedulers build them."""
+    cfg = scheduler.config
+    timesteps, sigmas, log_sigmas = interpolated_sigmas(cfg, scheduler.alphas_cumprod, num_inference_steps,
+                                                        num_train_timesteps)
+    if cfg.use_karras_sigmas:  # KDPM2 rounds Karras timesteps (only those)
+        timesteps = timesteps.round()
+    sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+    return sigmas, torch.from_numpy(np.asarray(timesteps)), log_sigmas
+
+
+def midpoint_timesteps(sigmas_mid: torch.Tensor, log_sigmas: np.ndarray) -> torch.Tensor:
+    """sigma_to_t of the σ midpoints, all in float32: diffusers evaluates this one on float32 torch
+    tensors, so t = (1-w) low + w high is rounded to float32 (the shared float64 version differs by an ulp)."""
+    log_sigma = np.log(np.maximum(sigmas_mid.numpy(), np.float32(1e-10)))
+    log_train = log_sigmas.astype(np.float32)
+    low = np.cumsum(log_sigma - log_train[:, None] >= 0, axis=0).argmax(axis=0).clip(max=len(log_train) - 2)
+    w = np.clip((log_train[low] - log_sigma) / (log_train[low] - log_train[low + 1]), 0, 1)
+    return torch.from_numpy((1 - w) * low.astype(np.float32) + w * (low + 1).astype(np.float32))
+
+
+def interleave_timesteps(timesteps: torch.Tensor, mid_timesteps: torch.Tensor) -> torch.Tensor:
+    """[t_0, t_mid_1, t_1, t_mid_2, t_2, ...]: stage 2 of step i is evaluated at the midpoint's timestep."""
+    return torch.cat([timesteps[:1], torch.stack((mid_timesteps, timesteps[1:]), dim=-1).flatten()])
+
+
+class KDPM2DiscreteScheduler(SchedulerMixin):
+    """DPM-Solver-2 in σ (2N-1 model calls for N steps).
+
+    Example:
+        >>> scheduler = KDPM2DiscreteScheduler.from_config(pipe.scheduler.config)
+        >>> scheduler.set_timesteps(25)
+        >>> x = x * scheduler.init_noise_sigma
+        >>> for t in scheduler.timesteps:
+        ...     x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
+    """
+
+    _compatibles = KARRAS_COMPATIBLES
+    order = 2
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+    ):
+        name = type(self).__name__
+        check_sigma_options(self.config, name)
+        # diffusers accepts "sample" and fails at the first step ("not implemented yet"): refused early
+        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"), name)
+        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
+        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                                allowed=CLASSIC_BETA_SCHEDULES)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:
+        """σ_max; √(σ_max² + 1) for "leading" spacing, as diffusers."""
+        if self.config.timestep_spacing in ("linspace", "trailing"):
+            return self.sigmas.max()
+        return (self.sigmas.max() ** 2 + 1) ** 0.5
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """Whether the next call is stage 1 (host view: the call count's parity)."""
+        return self._host_step % 2 == 0
+
+    # ---- schedule ----------------------------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None,
+                      num_train_timesteps: int | None = None, **custom):
+        """σ_i and the log-midpoints σ_mid, interleaved per call, and the per-call stage tables."""
+        name = type(self).__name__
+        refuse_custom_schedule(name, **custom)
+        check_num_inference_steps(num_inference_steps, num_train_timesteps or self.config.num_train_timesteps, name)
+        self.num_inference_steps = num_inference_steps
+        sigmas, timesteps, log_sigmas = kdpm2_sigmas_and_timesteps(self, num_inference_steps, num_train_timesteps)
+        self.log_sigmas = torch.from_numpy(log_sigmas).to(device)
+        # σ_mid,i = exp(lerp(ln σ_i, ln σ_{i-1}, ½)); entry 0 is unused (NaN/0 from the wrap-around)
+        sigmas_mid = sigmas.log().lerp(sigmas.roll(1).log(), 0.5).exp()
+        mid_timesteps = midpoint_timesteps(sigmas_mid, log_sigmas).to(timesteps.dtype)
+        self.sigmas = torch.cat([interleave(sigmas), sigmas[-1:]]).to(device)  # diffusers' layout, 2N+2 entries
+        self.sigmas_interpol = torch.cat([interleave(sigmas_mid), sigmas_mid[-1:]]).to(device)
+        self.timesteps = interleave_timesteps(timesteps, mid_timesteps[1:-1]).to(device)
+        self._write_stage_tables(sigmas, sigmas_mid, device)
+        self._reset_step_state()
+        self._stashed_sample = None
+
+    def _write_stage_tables(self, sigmas: torch.Tensor, sigmas_mid: torch.Tensor, device):
+        """Per call c: stage 1 at even c (step i = c/2), stage 2 at odd c (step i = (c-1)/2)."""
+        calls = 2 * (len(sigmas) - 1) - 1
+        c = torch.arange(calls)
+        first = c % 2 == 0
+        i = c // 2
+        sigma_i, sigma_mid, sigma_next = sigmas[i], sigmas_mid[i + 1], sigmas[i + 1]
+        self._first_stage = first.to(device)
+        self._sigma_in = torch.where(first, sigma_i, sigma_mid).to(device)  # σ the model output is read at
+        self._dt = torch.where(first, sigma_mid - sigma_i, sigma_next - sigma_i).to(device)
+        self._input_sigma = self._sigma_in  # scale_model_input uses the same σ
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
+        """x / √(σ_in² + 1) with the call's σ (σ_i at stage 1, σ_mid at stage 2)."""
+        self._init_step_index(timestep)
+        sigma = self._at(self._input_sigma)
+        return sample / (sigma**2 + 1) ** 0.5
+
+    # ---- the update ---------------------------------------------------------------------------------
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+             return_dict: bool = True):
+        """Stage 1 (to the midpoint) or stage 2 (the full step from the stashed x_i), by the call's row."""
+        self._init_step_index(timestep)
+        sigma_in, first = self._at(self._sigma_in), self._at(self._first_stage)
+        x0 = predict_x0_from_sigma(self.config.prediction_type, model_output, sample, sigma_in)
+        derivative = (sample - x0) / sigma_in
+        x_i = sample if self._stashed_sample is None else self._stashed_sample
+        origin = torch.where(first, sample, x_i)
+        prev_sample = origin + derivative * self._at(self._dt)
+        self._stashed_sample = origin
+        self._advance()
+        if not return_dict:
+            return (prev_sample, x0)
+        return KDPM2DiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = x_0 + σ_t ε."""
+        return add_noise_with_sigmas(self, original_samples, noise, timesteps)
