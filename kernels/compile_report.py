@@ -14,9 +14,11 @@ the report as Markdown (`--markdown PATH` / `--json PATH` also write it / the ra
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import functools
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -132,8 +134,16 @@ def compile_case(case: Case, arch: int) -> Result:
                   spill_loads=loads, wgmma="wgmma" in ptx, expect_wgmma=case.expect_wgmma and arch == 90)
 
 
-def run(cases: list[Case] | None = None) -> list[Result]:
-    return [compile_case(case, arch) for case in (all_cases() if cases is None else cases) for arch in ARCHS]
+def _compile_nth(job: tuple[int, int]) -> Result:
+    index, arch = job
+    return compile_case(all_cases()[index], arch)
+
+
+def run(workers: int = 2) -> list[Result]:
+    """Compile all cases for all targets, `workers` compilations at a time (compiling is CPU-bound)."""
+    jobs = [(i, arch) for i in range(len(all_cases())) for arch in ARCHS]
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_compile_nth, jobs))
 
 
 def markdown(results: list[Result]) -> str:
@@ -150,10 +160,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--markdown", help="also write the table here")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("compile_report: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
-    results = run()
+    results = run(args.workers)
     table = markdown(results)
     print(table)
     if args.markdown:
