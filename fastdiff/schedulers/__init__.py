@@ -14,6 +14,7 @@ from .euler_discrete import EulerDiscreteScheduler, EulerDiscreteSchedulerOutput
 from .euler_ancestral_discrete import EulerAncestralDiscreteScheduler, EulerAncestralDiscreteSchedulerOutput
 from .heun_discrete import HeunDiscreteScheduler, HeunDiscreteSchedulerOutput
 from .k_dpm_2_discrete import KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerOutput
+from .k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteScheduler, KDPM2AncestralDiscreteSchedulerOutput
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -34,6 +35,8 @@ __all__ = [
     "HeunDiscreteSchedulerOutput",
     "KDPM2DiscreteScheduler",
     "KDPM2DiscreteSchedulerOutput",
+    "KDPM2AncestralDiscreteScheduler",
+    "KDPM2AncestralDiscreteSchedulerOutput",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler",
