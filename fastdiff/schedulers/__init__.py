@@ -15,6 +15,9 @@ from .euler_ancestral_discrete import EulerAncestralDiscreteScheduler, EulerAnce
 from .heun_discrete import HeunDiscreteScheduler, HeunDiscreteSchedulerOutput
 from .k_dpm_2_discrete import KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerOutput
 from .k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteScheduler, KDPM2AncestralDiscreteSchedulerOutput
+from .karras_ve import KarrasVeOutput, KarrasVeScheduler
+from .score_sde_ve import ScoreSdeVeScheduler, SdeVeOutput
+from .score_sde_vp import ScoreSdeVpScheduler
 
 __all__ = [
     "KarrasDiffusionSchedulers",
@@ -37,6 +40,11 @@ __all__ = [
     "KDPM2DiscreteSchedulerOutput",
     "KDPM2AncestralDiscreteScheduler",
     "KDPM2AncestralDiscreteSchedulerOutput",
+    "KarrasVeScheduler",
+    "KarrasVeOutput",
+    "ScoreSdeVeScheduler",
+    "SdeVeOutput",
+    "ScoreSdeVpScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler",
