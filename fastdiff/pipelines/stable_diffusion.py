@@ -175,7 +175,8 @@ class StableDiffusionMixin(DiffusionPipeline):
         if clip_skip is None:
             return self.text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
         hidden = self.text_encoder(ids.input_ids.to(device), attention_mask=mask, output_hidden_states=True)[-1]
-        return self.text_encoder.text_model.final_layer_norm(hidden[-(clip_skip + 1)])
+        final_norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm  # transformers 4 vs 5
+        return final_norm(hidden[-(clip_skip + 1)])
 
     def encode_prompt(self, prompt, device, num_images_per_prompt: int, do_classifier_free_guidance: bool,
                       negative_prompt=None, prompt_embeds: torch.Tensor | None = None,
