@@ -78,6 +78,18 @@ def test_lms_does_not_need_scipy_at_run_time(monkeypatch):
     assert torch.isfinite(x).all()
 
 
+def test_beta_quantile_matches_scipy():
+    from scipy import stats
+
+    from fastdiff.schedulers.base import beta_ppf, beta_sigmas
+
+    q = np.concatenate([np.linspace(0, 1, 101), 10.0 ** -np.arange(1, 14), 1 - 10.0 ** -np.arange(1, 14)])
+    for a, b in [(0.6, 0.6), (2.0, 3.0), (0.3, 5.0)]:
+        np.testing.assert_allclose(beta_ppf(q, a, b), stats.beta.ppf(q, a, b), rtol=1e-13, atol=1e-14)
+    expected = np.array([0.03 + p * (14.6 - 0.03) for p in stats.beta.ppf(1 - np.linspace(0, 1, 50), 0.6, 0.6)])
+    assert np.array_equal(beta_sigmas(0.03, 14.6, 50).astype(np.float32), expected.astype(np.float32))
+
+
 def test_other_orders_and_image_to_image_start_match_diffusers():
     for order, begin in [(2, 0), (3, 0), (4, 5)]:
         results = []
