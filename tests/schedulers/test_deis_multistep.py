@@ -8,7 +8,8 @@ import diffusers
 import pytest
 import torch
 
-from fastdiff import DEISMultistepScheduler, DPMSolverMultistepScheduler
+import fastdiff
+from fastdiff import DEISMultistepScheduler
 
 from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop, stand_in_model
 
@@ -58,23 +59,47 @@ def test_loop_never_syncs_with_the_host(config):
     assert torch.isfinite(x).all()
 
 
+def _public(config):
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 def test_save_load_round_trip(tmp_path):
-    s = DEISMultistepScheduler(solver_order=3, use_karras_sigmas=True, **SD)
+    kwargs = dict(solver_order=3, use_karras_sigmas=True, **SD)
+    s = DEISMultistepScheduler(**kwargs)
     s.save_pretrained(tmp_path / "scheduler")
     loaded = DEISMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
     assert loaded.to_json_string() == s.to_json_string()
     theirs = diffusers.DEISMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    # diffusers reads fastdiff's file as the config it would have written itself
+    assert _public(theirs.config) == _public(diffusers.DEISMultistepScheduler(**kwargs).config)
     assert_same_loop(loaded, theirs, 7)
 
 
-def test_from_dpmsolver_config_matches_diffusers():
-    # DPM-Solver's algorithm_type / solver_type are renamed, exactly as diffusers does
-    ours = DEISMultistepScheduler.from_config(DPMSolverMultistepScheduler(solver_order=3, **SD).config)
-    theirs = diffusers.DEISMultistepScheduler.from_config(diffusers.DPMSolverMultistepScheduler(solver_order=3, **SD).config)
-    public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
-    assert public(ours.config) == public(theirs.config)
-    assert ours.config.algorithm_type == "deis"
+
+# the configs users swap from (diffusers fills keys the source lacks with the target's defaults)
+SOURCES = [
+    ("PNDMScheduler", dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, **SD)),
+    ("DDPMScheduler", dict(prediction_type="v_prediction", timestep_spacing="trailing", **SD)),
+    ("EulerDiscreteScheduler", dict(timestep_spacing="leading", steps_offset=1, use_karras_sigmas=True, **SD)),
+    ("DPMSolverMultistepScheduler", dict(solver_order=3, **SD)),
+]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=str)
+def test_from_another_schedulers_config_matches_diffusers(source):
+    # the user idiom: pipe.scheduler = DEISMultistepScheduler.from_config(pipe.scheduler.config)
+    name, kwargs = source
+    theirs_source = getattr(diffusers, name)(**kwargs)
+    ours = DEISMultistepScheduler.from_config(theirs_source.config)
+    theirs = diffusers.DEISMultistepScheduler.from_config(theirs_source.config)
+    assert _public(ours.config) == _public(theirs.config)
     assert_same_loop(ours, theirs, 7)
+
+
+def test_compatibles_are_listed_as_in_diffusers():
+    ours = {c.__name__ for c in DEISMultistepScheduler().compatibles}
+    theirs = {c.__name__ for c in diffusers.DEISMultistepScheduler().compatibles}
+    assert ours == {n for n in theirs if hasattr(fastdiff, n)} and len(ours) >= 5
 
 
 @pytest.mark.parametrize("method", ["__init__", "set_timesteps", "step"])

@@ -8,7 +8,8 @@ import diffusers
 import pytest
 import torch
 
-from fastdiff import DDPMScheduler, DPMSolverMultistepScheduler
+import fastdiff
+from fastdiff import DPMSolverMultistepScheduler
 
 from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop, stand_in_model
 
@@ -130,24 +131,47 @@ def test_sync_guard_sees_diffusers_sync():
         run_loop(diffusers.DPMSolverMultistepScheduler(), 7, guard=no_host_sync)
 
 
+def _public(config):
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 def test_save_load_round_trip(tmp_path):
-    s = DPMSolverMultistepScheduler(solver_order=3, use_karras_sigmas=True, algorithm_type="sde-dpmsolver++", **SD)
+    kwargs = dict(solver_order=3, use_karras_sigmas=True, algorithm_type="sde-dpmsolver++", **SD)
+    s = DPMSolverMultistepScheduler(**kwargs)
     s.save_pretrained(tmp_path / "scheduler")
     loaded = DPMSolverMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
     assert loaded.to_json_string() == s.to_json_string()
     theirs = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    # diffusers reads fastdiff's file as the config it would have written itself
+    assert _public(theirs.config) == _public(diffusers.DPMSolverMultistepScheduler(**kwargs).config)
     assert_same_loop(loaded, theirs, 7)
 
 
-def test_from_another_schedulers_config_matches_diffusers():
-    # the user idiom: pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, ...)
-    base = dict(steps_offset=1, clip_sample=False, **SD)
-    ours = DPMSolverMultistepScheduler.from_config(DDPMScheduler(**base).config, use_karras_sigmas=True)
-    theirs = diffusers.DPMSolverMultistepScheduler.from_config(diffusers.DDPMScheduler(**base).config,
-                                                               use_karras_sigmas=True)
-    public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
-    assert public(ours.config) == public(theirs.config)
+
+# the configs users swap from (diffusers fills keys the source lacks with the target's defaults)
+SOURCES = [
+    ("PNDMScheduler", dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, **SD)),
+    ("DDPMScheduler", dict(prediction_type="v_prediction", timestep_spacing="trailing", **SD)),
+    ("EulerDiscreteScheduler", dict(timestep_spacing="leading", steps_offset=1, use_karras_sigmas=True, **SD)),
+    ("DEISMultistepScheduler", dict(solver_order=3, **SD)),
+]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=str)
+def test_from_another_schedulers_config_matches_diffusers(source):
+    # the user idiom: pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    name, kwargs = source
+    theirs_source = getattr(diffusers, name)(**kwargs)
+    ours = DPMSolverMultistepScheduler.from_config(theirs_source.config)
+    theirs = diffusers.DPMSolverMultistepScheduler.from_config(theirs_source.config)
+    assert _public(ours.config) == _public(theirs.config)
     assert_same_loop(ours, theirs, 7)
+
+
+def test_compatibles_are_listed_as_in_diffusers():
+    ours = {c.__name__ for c in DPMSolverMultistepScheduler().compatibles}
+    theirs = {c.__name__ for c in diffusers.DPMSolverMultistepScheduler().compatibles}
+    assert ours == {n for n in theirs if hasattr(fastdiff, n)} and len(ours) >= 5
 
 
 @pytest.mark.parametrize("method", ["__init__", "set_timesteps", "step"])

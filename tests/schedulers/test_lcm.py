@@ -15,7 +15,8 @@ from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop, stan
 
 CONFIGS = [
     dict(),
-    dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_scaling=5.0),
+    # a small timestep_scaling makes the boundary condition c_skip x + c_out x̂_0 matter (c_skip ≈ 0 at scaling 10)
+    dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_scaling=0.02),
     dict(prediction_type="sample", clip_sample=True, clip_sample_range=0.8, beta_schedule="linear", beta_start=0.0001,
          beta_end=0.02),
     dict(thresholding=True, sample_max_value=1.5, beta_schedule="squaredcos_cap_v2", set_alpha_to_one=False),
@@ -41,6 +42,7 @@ def test_loop_matches_diffusers(config, steps):
         dict(timesteps=[999, 759, 499, 259]),
         dict(timesteps=[999, 759, 499, 259], strength=0.5),  # diffusers still re-noises the last step here
         dict(timesteps=[900, 700, 310, 20]),  # off the distillation grid (a warning)
+        dict(timesteps=[999, 499, 5, 0]),  # t = 0: c_skip = 1, c_out = 0
     ],
 )
 def test_timestep_options_match_diffusers(set_kwargs):
@@ -84,12 +86,19 @@ def test_loop_never_syncs_with_the_host(config):
     assert torch.isfinite(x).all()
 
 
+def _public(config):
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 def test_save_load_round_trip(tmp_path):
-    s = LCMScheduler(original_inference_steps=100, timestep_scaling=5.0, prediction_type="v_prediction")
+    kwargs = dict(original_inference_steps=100, timestep_scaling=5.0, prediction_type="v_prediction")
+    s = LCMScheduler(**kwargs)
     s.save_pretrained(tmp_path / "scheduler")
     loaded = LCMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
     assert loaded.to_json_string() == s.to_json_string()
     theirs = diffusers.LCMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    # diffusers reads fastdiff's file as the config it would have written itself
+    assert _public(theirs.config) == _public(diffusers.LCMScheduler(**kwargs).config)
     assert_same_loop(loaded, theirs, 4)
 
 

@@ -8,7 +8,8 @@ import diffusers
 import pytest
 import torch
 
-from fastdiff import EulerDiscreteScheduler, UniPCMultistepScheduler
+import fastdiff
+from fastdiff import UniPCMultistepScheduler
 
 from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop, stand_in_model
 
@@ -77,22 +78,47 @@ def test_loop_never_syncs_with_the_host(config):
     assert torch.isfinite(x).all()
 
 
+def _public(config):
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 def test_save_load_round_trip(tmp_path):
-    s = UniPCMultistepScheduler(solver_order=3, disable_corrector=[2], use_karras_sigmas=True, **SD)
+    kwargs = dict(solver_order=3, disable_corrector=[2], use_karras_sigmas=True, **SD)
+    s = UniPCMultistepScheduler(**kwargs)
     s.save_pretrained(tmp_path / "scheduler")
     loaded = UniPCMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
     assert loaded.to_json_string() == s.to_json_string()
     theirs = diffusers.UniPCMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    # diffusers reads fastdiff's file as the config it would have written itself
+    assert _public(theirs.config) == _public(diffusers.UniPCMultistepScheduler(**kwargs).config)
     assert_same_loop(loaded, theirs, 7)
 
 
-def test_from_another_schedulers_config_matches_diffusers():
-    base = dict(timestep_spacing="trailing", **SD)
-    ours = UniPCMultistepScheduler.from_config(EulerDiscreteScheduler(**base).config)
-    theirs = diffusers.UniPCMultistepScheduler.from_config(diffusers.EulerDiscreteScheduler(**base).config)
-    public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
-    assert public(ours.config) == public(theirs.config)
+
+# the configs users swap from (diffusers fills keys the source lacks with the target's defaults)
+SOURCES = [
+    ("PNDMScheduler", dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, **SD)),
+    ("DDPMScheduler", dict(prediction_type="v_prediction", timestep_spacing="trailing", **SD)),
+    ("EulerDiscreteScheduler", dict(timestep_spacing="leading", steps_offset=1, use_karras_sigmas=True, **SD)),
+    ("DEISMultistepScheduler", dict(solver_order=3, **SD)),
+]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=str)
+def test_from_another_schedulers_config_matches_diffusers(source):
+    # the user idiom: pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    name, kwargs = source
+    theirs_source = getattr(diffusers, name)(**kwargs)
+    ours = UniPCMultistepScheduler.from_config(theirs_source.config)
+    theirs = diffusers.UniPCMultistepScheduler.from_config(theirs_source.config)
+    assert _public(ours.config) == _public(theirs.config)
     assert_same_loop(ours, theirs, 7)
+
+
+def test_compatibles_are_listed_as_in_diffusers():
+    ours = {c.__name__ for c in UniPCMultistepScheduler().compatibles}
+    theirs = {c.__name__ for c in diffusers.UniPCMultistepScheduler().compatibles}
+    assert ours == {n for n in theirs if hasattr(fastdiff, n)} and len(ours) >= 5
 
 
 @pytest.mark.parametrize("method", ["__init__", "set_timesteps", "step"])
