@@ -89,7 +89,6 @@ class DEISMultistepScheduler(ExponentialIntegratorMixin):
         self.register_to_config(algorithm_type=algorithm_type, solver_type=solver_type)
         self._check_common_config()
         self._init_noise_schedule()
-        self.sigmas = self.sigmas.to("cpu")
 
     # ---- schedule -------------------------------------------------------------------------------------
 

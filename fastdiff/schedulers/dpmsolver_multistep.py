@@ -427,7 +427,6 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorMixin):
             raise ValueError(f"{name}: solver_order=3 is not defined for algorithm_type='sde-dpmsolver' (diffusers "
                              "has no third-order SDE-DPM-Solver update); use solver_order 1 or 2.")
         self._init_noise_schedule()
-        self.sigmas = self.sigmas.to("cpu")
 
     # ---- schedule -------------------------------------------------------------------------------------
 

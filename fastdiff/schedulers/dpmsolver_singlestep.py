@@ -86,7 +86,6 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorMixin):
         self._check_common_config()
         check_final_sigmas(given_algorithm, final_sigmas_type)
         self._init_noise_schedule()
-        self.sigmas = self.sigmas.to("cpu")
         self.order_list = self.get_order_list(num_train_timesteps)
 
     # ---- schedule -------------------------------------------------------------------------------------

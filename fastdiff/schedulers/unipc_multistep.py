@@ -83,7 +83,6 @@ class UniPCMultistepScheduler(ExponentialIntegratorMixin):
             raise NotImplementedError(f"{name}: config key solver_p (an external predictor scheduler) is not "
                                       "implemented in fastdiff.")
         self._init_noise_schedule()
-        self.sigmas = self.sigmas.to("cpu")
         self.predict_x0 = predict_x0
         self.disable_corrector = disable_corrector
         self.solver_p = solver_p
