@@ -37,15 +37,14 @@ from .base import (
     TIMESTEP_SPACINGS,
     SchedulerMixin,
     SchedulerOutput,
-    beta_sigmas,
     broadcast_to_sample,
     check_choice,
     check_num_inference_steps,
-    exponential_sigmas,
-    karras_sigmas,
+    check_sigma_options,
+    convert_sigmas,
     make_betas,
-    sigma_range,
     sigma_to_t,
+    step_indices_for,
     threshold_sample,
     vp_sigmas,
 )
@@ -139,9 +138,7 @@ class ExponentialIntegratorMixin(SchedulerMixin):
             check_choice("final_sigmas_type", cfg.final_sigmas_type, FINAL_SIGMAS_TYPES, name)
         if not 1 <= cfg.solver_order <= 3:
             raise ValueError(f"{name}: solver_order={cfg.solver_order} is not supported; choose 1, 2 or 3.")
-        if sum(bool(cfg.get(k)) for k in ("use_beta_sigmas", "use_exponential_sigmas", "use_karras_sigmas")) > 1:
-            raise ValueError("Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, "
-                             "`config.use_karras_sigmas` can be used.")
+        check_sigma_options(cfg, name)
         for key in ("use_flow_sigmas", "use_dynamic_shifting"):
             if cfg.get(key):
                 raise NotImplementedError(f"{name}: config key {key}=True (flow matching) is not implemented in fastdiff.")
@@ -190,19 +187,16 @@ class ExponentialIntegratorMixin(SchedulerMixin):
         cfg = self.config
         sigmas = vp_sigmas(self.alphas_cumprod)
         log_sigmas = np.log(sigmas)
-        if cfg.get("use_lu_lambdas"):  # uniform in λ = -log σ between the training ends (Lu et al. 2022)
-            lam = np.flip(log_sigmas.copy())
-            lam_max, lam_min = lam[0].item(), lam[-1].item()
-            sigmas = np.exp(lam_max + np.linspace(0, 1, n) * (lam_min - lam_max))
+        if cfg.get("use_lu_lambdas"):  # uniform in λ = −log σ between the training ends (Lu et al. 2022)
+            log_s = np.flip(log_sigmas.copy())
+            high, low = log_s[0].item(), log_s[-1].item()
+            sigmas = np.exp(high + np.linspace(0, 1, n) * (low - high))
             timesteps = sigma_to_t(sigmas, log_sigmas)
             return sigmas, timesteps.round() if round_karras else timesteps
-        spacings = {"use_karras_sigmas": karras_sigmas, "use_exponential_sigmas": exponential_sigmas,
-                    "use_beta_sigmas": beta_sigmas}
-        for key, schedule in spacings.items():
-            if cfg.get(key):
-                sigmas = schedule(*sigma_range(cfg, np.flip(sigmas).copy()), n)
-                timesteps = sigma_to_t(sigmas, log_sigmas)
-                return sigmas, timesteps.round() if (key == "use_karras_sigmas" and round_karras) else timesteps
+        converted = convert_sigmas(cfg, np.flip(sigmas).copy(), n)  # Karras / exponential / beta spacing
+        if converted is not None:
+            timesteps = sigma_to_t(converted, log_sigmas)
+            return converted, timesteps.round() if (cfg.use_karras_sigmas and round_karras) else timesteps
         return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas), timesteps
 
     def _final_sigma(self) -> float:
@@ -241,10 +235,10 @@ class ExponentialIntegratorMixin(SchedulerMixin):
 
     @staticmethod
     def _indices_for_timesteps(timesteps: torch.Tensor, schedule: torch.Tensor) -> torch.Tensor:
-        match = schedule[None, :] == timesteps.to(schedule.dtype)[:, None]
-        count = match.sum(1)
-        hit = match & (match.long().cumsum(1) == (1 + (count > 1).long())[:, None])
-        return torch.where(count > 0, hit.long().argmax(1), torch.full_like(count, len(schedule) - 1))
+        """`step_indices_for`, plus this family's rule that a timestep not in the schedule means the last step."""
+        found = (schedule[None, :] == timesteps.to(schedule.dtype)[:, None]).any(1)
+        return torch.where(found, step_indices_for(timesteps, schedule), torch.full_like(found, len(schedule) - 1,
+                                                                                         dtype=torch.long))
 
     def _init_step_index(self, timestep):
         if self.__dict__.get("_step") is None:

@@ -194,7 +194,7 @@ def test_signatures_match_diffusers(method):
         (dict(solver_order=4), "solver_order=4"),
         (dict(algorithm_type="dpmsolver"), "`final_sigmas_type` zero is not supported"),
         (dict(algorithm_type="sde-dpmsolver", solver_order=3, final_sigmas_type="sigma_min"), "solver_order=3"),
-        (dict(use_karras_sigmas=True, use_beta_sigmas=True), "Only one of"),
+        (dict(use_karras_sigmas=True, use_beta_sigmas=True), "only one of"),
     ],
 )
 def test_bad_config_values_are_refused(kwargs, match):
