@@ -138,9 +138,7 @@ class DDPMScheduler(SchedulerMixin):
         `variance_noise` replaces the draw from `generator` (graph replays pass noise drawn ahead).
         """
         self._step = self.index_for_timestep(timestep)  # DDPM locates every step by its timestep
-        draws_noise = self._draws_noise[min(self._host_step, len(self._draws_noise) - 1)]
-        if not isinstance(timestep, torch.Tensor):
-            draws_noise = timestep > 0
+        draws_noise = self._draws_noise_at(timestep)
         predicted_variance = None
         if model_output.shape[1] == 2 * sample.shape[1] and self.variance_type in ("learned", "learned_range"):
             model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
@@ -156,10 +154,22 @@ class DDPMScheduler(SchedulerMixin):
                 variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                               dtype=model_output.dtype)
             mean = mean + self._noise_scale(ab_t, ab_prev, beta_t, predicted_variance) * variance_noise
-        self._host_step += 1
         if not return_dict:
             return (mean, x0)
         return DDPMSchedulerOutput(prev_sample=mean, pred_original_sample=x0)
+
+    def _draws_noise_at(self, timestep) -> bool:
+        """Diffusers adds noise while t > 0. Decided on the host without reading the device: from a
+        Python number directly; from a view into `self.timesteps` (what `for t in timesteps` yields)
+        by its storage offset; otherwise by counting steps since set_timesteps."""
+        if not isinstance(timestep, torch.Tensor):
+            return timestep > 0
+        ts = self.timesteps
+        if timestep.dim() == 0 and timestep.untyped_storage().data_ptr() == ts.untyped_storage().data_ptr():
+            self._host_step = (timestep.storage_offset() - ts.storage_offset()) // ts.stride(0)
+        index = min(self._host_step, len(self._draws_noise) - 1)
+        self._host_step += 1
+        return self._draws_noise[index]
 
     def _predict_x0(self, model_output, sample, ab_t):
         """x̂_0 from the model's parameterisation, then clipped or dynamically thresholded."""
