@@ -262,7 +262,7 @@ def add_noise_with_alphas(alphas_cumprod: torch.Tensor, original: torch.Tensor, 
 
 def vp_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
     """σ_t = √((1 - ᾱ_t) / ᾱ_t) for every training timestep (float32, as diffusers)."""
-    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy().copy()  # np.array(tensor) warns in NumPy 2
 
 
 def sigma_range(config, in_sigmas: np.ndarray) -> tuple[float, float]:
