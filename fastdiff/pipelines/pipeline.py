@@ -39,6 +39,8 @@ TRANSFORMERS_CLASSES = {
     "CLIPTokenizer": "CLIPTokenizer",
     "CLIPTokenizerFast": "CLIPTokenizerFast",
     "CLIPImageProcessor": "CLIPImageProcessor",
+    "CLIPImageProcessorPil": "CLIPImageProcessor",  # what transformers 5 names it without torchvision
+    "CLIPImageProcessorFast": "CLIPImageProcessor",
     "CLIPFeatureExtractor": "CLIPImageProcessor",  # removed from transformers 5; diffusers remaps it too
 }
 # libraries whose classes are fastdiff's own: "diffusers" and Diffusers' pipeline module names.

@@ -357,8 +357,8 @@ class StableDiffusionPipeline(StableDiffusionMixin):
         callback, callback_steps = _deprecated_call_kwargs(kwargs, _call_parameters(type(self).__call__))
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else size
-        height = height or size[0] * self.vae_scale_factor
-        width = width or size[1] * self.vae_scale_factor
+        height = size[0] * self.vae_scale_factor if height is None else height
+        width = size[1] * self.vae_scale_factor if width is None else width
         self.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
                           ip_adapter_image, ip_adapter_image_embeds,
                           getattr(callback_on_step_end, "tensor_inputs", callback_on_step_end_tensor_inputs),

@@ -6,6 +6,7 @@ are plain SD UNets, and after every step the known region is put back, noised to
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import PIL.Image
@@ -42,7 +43,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
                      num_inference_steps: int = 50, guidance_scale: float = 7.5):
         if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
             raise ValueError(f"The value of strength should in [0.0, 1.0] but is {strength}")
-        self._check_size(height, width, self.vae_scale_factor)
+        self._check_size(height, width, math.lcm(8, self.vae_scale_factor))
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_inference_steps,
                            guidance_scale, callback_on_step_end_tensor_inputs)
         if image is None or mask_image is None:
@@ -111,8 +112,8 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         callback, callback_steps = _deprecated_call_kwargs(kwargs, _call_parameters(type(self).__call__))
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else size
-        height = height or size[0] * self.vae_scale_factor
-        width = width or size[1] * self.vae_scale_factor
+        height = size[0] * self.vae_scale_factor if height is None else height
+        width = size[1] * self.vae_scale_factor if width is None else width
         self.check_inputs(prompt, image, mask_image, height, width, strength, None, output_type, negative_prompt,
                           prompt_embeds, negative_prompt_embeds, ip_adapter_image, ip_adapter_image_embeds,
                           getattr(callback_on_step_end, "tensor_inputs", callback_on_step_end_tensor_inputs),
