@@ -81,6 +81,14 @@ def test_add_noise_matches_diffusers():
     torch.testing.assert_close(ours.add_noise(x, n, t), theirs.add_noise(x, n, t))
 
 
+def test_timestep_off_the_schedule_means_the_last_step_as_in_diffusers():
+    ours, theirs = DPMSolverMultistepScheduler(), diffusers.DPMSolverMultistepScheduler()
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    x, n, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([5, int(theirs.timesteps[3])])
+    torch.testing.assert_close(ours.add_noise(x, n, t), theirs.add_noise(x, n, t))
+
+
 def test_pre_drawn_noise_equals_generator_draws():
     def loop(use_variance_noise):
         s = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
