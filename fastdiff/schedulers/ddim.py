@@ -124,7 +124,8 @@ class DDIMScheduler(SchedulerMixin):
              variance_noise: torch.Tensor | None = None, return_dict: bool = True):
         """x_t -> x_{t'} by eq. 12; adds σ_t z when eta > 0 (z from `generator`, or `variance_noise`)."""
         if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
         t = torch.as_tensor(timestep, device=self._alpha_bar.device).long().view(1)
         ab_t, ab_prev, variance = (table.index_select(0, t).view(()) for table in
                                    (self._alpha_bar, self._alpha_bar_prev, self._variance))

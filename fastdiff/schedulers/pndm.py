@@ -190,7 +190,8 @@ class PNDMScheduler(SchedulerMixin):
              return_dict: bool = True):
         """One PRK or PLMS call, as the table row at the device counter says."""
         if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
         E, X, A = self._state(sample)
         w = self._at(self._weights)
         # ε' = w_m m + w_A A + Σ_k w_k E_k  (still v if the model predicts v)

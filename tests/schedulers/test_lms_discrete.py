@@ -54,7 +54,8 @@ def test_loop_equals_diffusers_with_exact_quadrature():
 
 
 def test_coefficients_are_exact_quadrature():
-    ours, theirs = LMSDiscreteScheduler(use_karras_sigmas=True, **SD), diffusers.LMSDiscreteScheduler(use_karras_sigmas=True, **SD)
+    config = dict(use_karras_sigmas=True, **SD)
+    ours, theirs = LMSDiscreteScheduler(**config), diffusers.LMSDiscreteScheduler(**config)
     ours.set_timesteps(50), theirs.set_timesteps(50)
     table = lms_coefficients(ours.sigmas.numpy(), 4)
     for i, k in [(0, 0), (1, 1), (2, 0), (3, 3), (20, 2), (49, 0), (49, 3)]:
