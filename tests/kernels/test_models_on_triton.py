@@ -66,7 +66,6 @@ def test_unet_2d_condition(kernel_calls):
     assert set(kernel_calls) == {"attention", "group_norm", "layer_norm", "geglu"}, kernel_calls
 
 
-@pytest.mark.skipif(not hasattr(fastdiff, "AutoencoderKL"), reason="fastdiff.AutoencoderKL not exported yet")
 def test_autoencoder_kl(kernel_calls):
     model = _random_model(fastdiff.AutoencoderKL, VAE)
     image = torch.randn(1, 3, 16, 16)
