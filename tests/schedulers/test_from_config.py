@@ -45,3 +45,22 @@ def test_compatibles_are_listed_as_in_diffusers():
         ours = {c.__name__ for c in getattr(fastdiff, target)().compatibles}
         theirs = {c.__name__ for c in getattr(diffusers, target)().compatibles}
         assert ours == theirs & {n for n in theirs if hasattr(fastdiff, n)}
+
+
+KARRAS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+          "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+          "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+          "DEISMultistepScheduler", "UniPCMultistepScheduler"]
+
+
+@pytest.mark.parametrize("b,a", list(itertools.product(KARRAS, KARRAS)))
+def test_every_compatible_pair_converts_like_diffusers(b, a):
+    """B is built from SD 1.5's scheduler config in each library; then A.from_config(B.config) in each."""
+    name, kwargs = SOURCES[0]
+    ours_b = getattr(fastdiff, b).from_config(getattr(fastdiff, name)(**kwargs).config)
+    theirs_b = getattr(diffusers, b).from_config(getattr(diffusers, name)(**kwargs).config)
+    assert _public(ours_b.config) == _public(theirs_b.config)
+    ours = getattr(fastdiff, a).from_config(ours_b.config)
+    theirs = getattr(diffusers, a).from_config(theirs_b.config)
+    assert _public(ours.config) == _public(theirs.config), f"{b} -> {a}"
+    assert_same_loop(ours, theirs, 7)
