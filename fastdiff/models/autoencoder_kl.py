@@ -16,6 +16,7 @@ from torch import nn
 
 from ..configuration import register_to_config
 from ..outputs import BaseOutput
+from .conv import Conv2d
 from .modeling import ModelMixin
 from .vae import Decoder, DecoderOutput, DiagonalGaussianDistribution, Encoder
 
@@ -67,8 +68,8 @@ class AutoencoderKL(ModelMixin):
                       norm_num_groups=norm_num_groups, mid_block_add_attention=mid_block_add_attention)
         self.encoder = Encoder(in_channels, latent_channels, down_block_types, double_z=True, **blocks)
         self.decoder = Decoder(latent_channels, out_channels, up_block_types, **blocks)
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        self.quant_conv = Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
+        self.post_quant_conv = Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
 
         self.use_slicing = False
         self.use_tiling = False

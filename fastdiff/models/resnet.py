@@ -19,6 +19,7 @@ from torch import nn
 
 from .activations import fusable_activation, get_activation
 from .config_checks import require_one_of
+from .conv import Conv2d
 from .normalization import GroupNorm
 from .sampling import Downsample2D, Upsample2D
 
@@ -42,13 +43,13 @@ class ResnetBlock2D(nn.Module):
         self.nonlinearity = get_activation(non_linearity)
 
         self.norm1 = GroupNorm(groups, in_channels, eps=eps, act=fused)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.time_emb_proj = self._time_projection(temb_channels, out_channels, time_embedding_norm)
         # scale_shift modulates between norm2 and the activation, so that pair cannot be fused.
         fused_out = None if time_embedding_norm == "scale_shift" else fused
         self.norm2 = GroupNorm(groups_out or groups, out_channels, eps=eps, act=fused_out)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self._act_after_norm1 = fused is None  # True when the activation is not fused into the norm
         self._act_after_norm2 = fused_out is None
 
@@ -56,7 +57,7 @@ class ResnetBlock2D(nn.Module):
         self.downsample = Downsample2D(in_channels, use_conv=False) if down and not up else None
         self.conv_shortcut = None
         if in_channels != out_channels:
-            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=conv_shortcut_bias)
+            self.conv_shortcut = Conv2d(in_channels, out_channels, kernel_size=1, bias=conv_shortcut_bias)
 
     @staticmethod
     def _time_projection(temb_channels, out_channels, time_embedding_norm):

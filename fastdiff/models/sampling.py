@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv2d
+
 
 class Downsample2D(nn.Module):
     """Halve H and W: 3x3 conv with stride 2 (`use_conv`), else 2x2 average pooling.
@@ -27,7 +29,7 @@ class Downsample2D(nn.Module):
         self.use_conv = use_conv
         self.padding = padding
         if use_conv:
-            self.conv = nn.Conv2d(channels, self.out_channels, kernel_size=3, stride=2, padding=padding)
+            self.conv = Conv2d(channels, self.out_channels, kernel_size=3, stride=2, padding=padding)
         else:
             if self.out_channels != channels:
                 raise ValueError("average-pool downsampling cannot change the channel count")
@@ -47,7 +49,7 @@ class Upsample2D(nn.Module):
         self.channels = channels
         self.out_channels = out_channels or channels
         self.use_conv = use_conv
-        self.conv = nn.Conv2d(channels, self.out_channels, kernel_size=3, padding=1) if use_conv else None
+        self.conv = Conv2d(channels, self.out_channels, kernel_size=3, padding=1) if use_conv else None
 
     def forward(self, hidden_states: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
         if hidden_states.shape[0] >= 64:

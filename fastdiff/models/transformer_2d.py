@@ -14,6 +14,7 @@ from torch import nn
 
 from .activations import GEGLU
 from .attention import Attention
+from .conv import Conv2d
 from .normalization import GroupNorm, LayerNorm
 
 
@@ -75,7 +76,7 @@ class Transformer2DModel(nn.Module):
         inner_dim = num_attention_heads * attention_head_dim
         self.use_linear_projection = use_linear_projection
         self.norm = GroupNorm(norm_num_groups, in_channels, eps=1e-6)
-        projection = nn.Linear if use_linear_projection else (lambda i, o: nn.Conv2d(i, o, kernel_size=1))
+        projection = nn.Linear if use_linear_projection else (lambda i, o: Conv2d(i, o, kernel_size=1))
         self.proj_in = projection(in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList([
             BasicTransformerBlock(inner_dim, num_attention_heads, attention_head_dim, cross_attention_dim,

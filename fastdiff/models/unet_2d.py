@@ -15,6 +15,7 @@ from torch import nn
 from ..configuration import register_to_config
 from ..outputs import BaseOutput
 from .config_checks import UnsupportedConfigError, require_one_of
+from .conv import Conv2d
 from .embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, batch_timesteps
 from .modeling import ModelMixin
 from .normalization import GroupNorm
@@ -87,7 +88,7 @@ class UNet2DModel(ModelMixin):
         c0 = block_out_channels[0]
         time_embed_dim = time_embedding_dim or c0 * 4
 
-        self.conv_in = nn.Conv2d(in_channels, c0, kernel_size=3, padding=(1, 1))
+        self.conv_in = Conv2d(in_channels, c0, kernel_size=3, padding=(1, 1))
         self.time_proj, timestep_input_dim = self._time_projection(time_embedding_type, c0, flip_sin_to_cos,
                                                                    freq_shift, num_train_timesteps)
         self.time_embedding = TimestepEmbedding(timestep_input_dim, time_embed_dim)
@@ -107,7 +108,7 @@ class UNet2DModel(ModelMixin):
                                          upsample_type, block)
         groups_out = norm_num_groups if norm_num_groups is not None else min(c0 // 4, 32)
         self.conv_norm_out = GroupNorm(groups_out, c0, eps=norm_eps, act="silu")  # conv_act is always SiLU here
-        self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=3, padding=1)
+        self.conv_out = Conv2d(c0, out_channels, kernel_size=3, padding=1)
 
     @staticmethod
     def _time_projection(kind, c0, flip_sin_to_cos, freq_shift, num_train_timesteps):

@@ -17,6 +17,7 @@ from ..configuration import register_to_config
 from ..outputs import BaseOutput
 from .activations import fusable_activation, get_activation
 from .config_checks import UnsupportedConfigError, per_block, require_default, require_one_of
+from .conv import Conv2d
 from .embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, batch_timesteps
 from .modeling import ModelMixin
 from .normalization import GroupNorm
@@ -122,7 +123,7 @@ class UNet2DConditionModel(ModelMixin):
         self._check_config(dict(self.config))
         self.sample_size = sample_size
         c0 = block_out_channels[0]
-        self.conv_in = nn.Conv2d(in_channels, c0, kernel_size=conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
+        self.conv_in = Conv2d(in_channels, c0, kernel_size=conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
 
         time_embed_dim, timestep_input_dim = self._set_time_embedding(time_embedding_type, time_embedding_dim, c0,
                                                                       flip_sin_to_cos, freq_shift, act_fn,
@@ -145,7 +146,7 @@ class UNet2DConditionModel(ModelMixin):
         self.conv_norm_out = GroupNorm(norm_num_groups, c0, eps=norm_eps, act=fused)
         self.conv_act = get_activation(act_fn)
         self._act_after_norm_out = fused is None
-        self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=conv_out_kernel, padding=(conv_out_kernel - 1) // 2)
+        self.conv_out = Conv2d(c0, out_channels, kernel_size=conv_out_kernel, padding=(conv_out_kernel - 1) // 2)
 
     # ---- construction ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from torch import nn
 from ..noise import randn_tensor
 from ..outputs import BaseOutput
 from .config_checks import require_one_of
+from .conv import Conv2d
 from .normalization import GroupNorm
 from .unet_2d_blocks import BlockConfig, make_down_block, make_up_block, unet_mid_block_2d
 
@@ -48,7 +49,7 @@ class Encoder(nn.Module):
                  act_fn: str = "silu", double_z: bool = True, mid_block_add_attention: bool = True):
         super().__init__()
         ch = list(block_out_channels)
-        self.conv_in = nn.Conv2d(in_channels, ch[0], kernel_size=3, stride=1, padding=1)
+        self.conv_in = Conv2d(in_channels, ch[0], kernel_size=3, stride=1, padding=1)
         self.down_blocks = nn.ModuleList()
         for i, block_type in enumerate(down_block_types):
             # padding 0: the LDM encoder pads bottom/right by one, then convolves with stride 2.
@@ -59,7 +60,7 @@ class Encoder(nn.Module):
             self.down_blocks.append(make_down_block(block_type, cfg))
         self.mid_block = _mid_block(ch[-1], act_fn, norm_num_groups, mid_block_add_attention)
         self.conv_norm_out = GroupNorm(norm_num_groups, ch[-1], eps=1e-6, act="silu")  # conv_act is always SiLU
-        self.conv_out = nn.Conv2d(ch[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         sample = self.conv_in(sample)
@@ -77,7 +78,7 @@ class Decoder(nn.Module):
         super().__init__()
         require_one_of("Decoder", "norm_type", norm_type, ("group",))
         rev = list(reversed(block_out_channels))
-        self.conv_in = nn.Conv2d(in_channels, rev[0], kernel_size=3, stride=1, padding=1)
+        self.conv_in = Conv2d(in_channels, rev[0], kernel_size=3, stride=1, padding=1)
         self.mid_block = _mid_block(rev[0], act_fn, norm_num_groups, mid_block_add_attention)
         self.up_blocks = nn.ModuleList()
         for i, block_type in enumerate(up_block_types):
@@ -88,7 +89,7 @@ class Decoder(nn.Module):
                               attention_head_dim=rev[i], resnet_time_scale_shift="group")
             self.up_blocks.append(make_up_block(block_type, cfg))
         self.conv_norm_out = GroupNorm(norm_num_groups, rev[-1], eps=1e-6, act="silu")
-        self.conv_out = nn.Conv2d(rev[-1], out_channels, 3, padding=1)
+        self.conv_out = Conv2d(rev[-1], out_channels, 3, padding=1)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         sample = self.mid_block(self.conv_in(sample))

@@ -15,6 +15,7 @@ from torch import nn
 from ..configuration import register_to_config
 from ..outputs import BaseOutput
 from .config_checks import require_one_of
+from .conv import Conv2d
 from .modeling import ModelMixin
 from .vae import Decoder, DecoderOutput, Encoder
 
@@ -106,9 +107,9 @@ class VQModel(ModelMixin):
                       norm_num_groups=norm_num_groups, mid_block_add_attention=mid_block_add_attention)
         vq_embed_dim = vq_embed_dim if vq_embed_dim is not None else latent_channels
         self.encoder = Encoder(in_channels, latent_channels, down_block_types, double_z=False, **blocks)
-        self.quant_conv = nn.Conv2d(latent_channels, vq_embed_dim, 1)
+        self.quant_conv = Conv2d(latent_channels, vq_embed_dim, 1)
         self.quantize = VectorQuantizer(num_vq_embeddings, vq_embed_dim, beta=0.25)
-        self.post_quant_conv = nn.Conv2d(vq_embed_dim, latent_channels, 1)
+        self.post_quant_conv = Conv2d(vq_embed_dim, latent_channels, 1)
         self.decoder = Decoder(latent_channels, out_channels, up_block_types, norm_type=norm_type, **blocks)
 
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> VQEncoderOutput | tuple:
