@@ -70,6 +70,16 @@ def geglu_torch(x):
     return h * F.gelu(g)
 
 
+def scheduler_step_torch(x, model_output, guidance, table, step, start, noise, history, stash, accumulator,
+                         denoised, clamp: bool = False, read_oldest: bool = False):
+    """One fused scheduler step (guidance combine + the row of `table` at the device `step`), float32 math.
+    The equations, the row layout and the math live in fastdiff/schedulers/fused.py, next to the tables."""
+    from .schedulers.fused import scheduler_step_ref  # imported here: fastdiff.schedulers imports ops
+
+    return scheduler_step_ref(x, model_output, guidance, table, step, start, noise, history, stash, accumulator,
+                              denoised, clamp, read_oldest)
+
+
 _ACTIVATIONS: dict[str | None, Callable] = {None: lambda y: y, "silu": F.silu}
 
 
@@ -91,6 +101,7 @@ TABLE: dict[str, Op] = {
     "group_norm": Op(group_norm_torch),
     "layer_norm": Op(layer_norm_torch),
     "geglu": Op(geglu_torch),
+    "scheduler_step": Op(scheduler_step_torch),
 }
 
 
@@ -98,9 +109,10 @@ TABLE: dict[str, Op] = {
 def _triton_table() -> dict[str, Op]:
     """TABLE with the Triton launchers filled in. Imported on the first call that wants Triton: the
     import is heavy, and `@triton.jit` decides interpreted vs compiled when the kernel module loads."""
-    from fastdiff.kernels import attention, geglu, group_norm, layer_norm
+    from fastdiff.kernels import attention, geglu, group_norm, layer_norm, scheduler_step
 
-    kernels = {"attention": attention, "group_norm": group_norm, "layer_norm": layer_norm, "geglu": geglu}
+    kernels = {"attention": attention, "group_norm": group_norm, "layer_norm": layer_norm, "geglu": geglu,
+               "scheduler_step": scheduler_step}
     return {name: Op(TABLE[name].torch, getattr(module, name), module.supported) for name, module in kernels.items()}
 
 
@@ -256,6 +268,25 @@ def _(x):
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
+@torch.library.custom_op("fastdiff::scheduler_step", mutates_args=("history", "stash", "accumulator", "denoised"))
+def _scheduler_step_op(
+    x: torch.Tensor, model_output: torch.Tensor, guidance: torch.Tensor | None, table: torch.Tensor,
+    step: torch.Tensor, start: torch.Tensor | None, noise: torch.Tensor | None, history: torch.Tensor | None,
+    stash: torch.Tensor | None, accumulator: torch.Tensor | None, denoised: torch.Tensor | None, clamp: bool,
+    read_oldest: bool,
+) -> torch.Tensor:
+    args = (x, model_output, guidance, table, step, start, noise, history, stash, accumulator, denoised, clamp,
+            read_oldest)
+    return implementation("scheduler_step", *args)(*args)
+
+
+@_scheduler_step_op.register_fake
+def _(x, model_output, guidance, table, step, start, noise, history, stash, accumulator, denoised, clamp,
+      read_oldest):
+    return torch.empty_like(x, dtype=torch.promote_types(x.dtype, model_output.dtype),
+                            memory_format=torch.contiguous_format)
+
+
 # --------------------------------------------------------------------------------------------
 # what model code calls
 # --------------------------------------------------------------------------------------------
@@ -291,3 +322,12 @@ def geglu(x):
     if _needs_autograd(x):
         return geglu_torch(x)
     return _geglu_op(x)
+
+
+def scheduler_step(x, model_output, table, step, *, guidance=None, start=None, noise=None, history=None, stash=None,
+                   accumulator=None, denoised=None, clamp: bool = False, read_oldest: bool = False):
+    """One denoising step in one launch: m = u + g (c − u) on the [uncond; cond] `model_output` when `guidance`
+    (a 1-element device tensor) is given, then the scheduler update from the row of `table` at the device
+    `step` (fastdiff/schedulers/fused.py). Returns x'; updates history / stash / accumulator / denoised in place."""
+    return _scheduler_step_op(x, model_output, guidance, table, step, start, noise, history, stash, accumulator,
+                              denoised, bool(clamp), bool(read_oldest))

@@ -34,7 +34,7 @@ ARCHS = (80, 90)
 # Max dynamic shared memory per block (opt-in), CUDA programming guide, compute capabilities table.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 PTXAS_ARCH = {80: "sm_80", 90: "sm_90a"}
-TRITON_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+TRITON_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int64: "i64"}
 
 
 @dataclass
@@ -71,9 +71,10 @@ class Result:
 
 
 def all_cases() -> list[Case]:
-    from fastdiff.kernels import attention, geglu, group_norm, layer_norm
+    from fastdiff.kernels import attention, geglu, group_norm, layer_norm, scheduler_step
 
-    return [c for module in (attention, group_norm, layer_norm, geglu) for c in module.compile_cases()]
+    modules = (attention, group_norm, layer_norm, geglu, scheduler_step)
+    return [c for module in modules for c in module.compile_cases()]
 
 
 def _source(case: Case):

@@ -35,7 +35,8 @@ def _ids(results):
 
 def test_every_config_compiles_for_both_targets(results):
     expected = [(c.kernel.__name__, c.name) for c in compile_report.all_cases()]
-    assert {k for k, _ in expected} == {"_attn_fwd", "_group_norm_fwd", "_layer_norm_fwd", "_geglu_fwd"}
+    assert {k for k, _ in expected} == {"_attn_fwd", "_group_norm_fwd", "_layer_norm_fwd", "_geglu_fwd",
+                                        "_scheduler_step_fwd"}
     for arch in (80, 90):
         assert sorted((r.kernel, r.name) for r in results if r.arch == arch) == sorted(expected)
 
