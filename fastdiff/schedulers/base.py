@@ -89,6 +89,7 @@ class SchedulerMixin(ConfigMixin):
         self._step: torch.Tensor | None = None
         self._host_step = 0
         self._begin_index: int | None = None
+        self._fused_tables: dict = {}  # fused-step tables of this schedule (fused.py), by step options
 
     @property
     def step_index(self) -> torch.Tensor | None:
@@ -136,6 +137,49 @@ class SchedulerMixin(ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+    # ---- the fused step (fused.py) ------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        """Can `fused_step` replace guidance + step() for this config and these step() options?"""
+        return False
+
+    def fused_step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, guidance_scale=None,
+                   **step_kwargs) -> tuple:
+        """step() with classifier-free guidance folded in, as one `ops.scheduler_step` launch.
+
+        With `guidance_scale` (a float or a 1-element device tensor), `model_output` is the CFG batch
+        [uncond; cond] and the update uses uncond + g (cond − uncond). Same arguments, noise draws and state
+        as step(); returns step()'s tuple: (prev_sample,) — LCM: (prev_sample, denoised).
+
+        Example:
+            >>> g = torch.tensor(7.5, device=latents.device)
+            >>> latents = scheduler.fused_step(unet(torch.cat([latents] * 2), t).sample, t, latents, g)[0]
+        """
+        from .. import ops
+
+        if not self.supports_fused_step(**step_kwargs):
+            raise ValueError(f"{type(self).__name__} has no fused step for this config and {sorted(step_kwargs)}")
+        launch = self._fused_launch(model_output, timestep, sample, **step_kwargs)
+        if guidance_scale is not None and not isinstance(guidance_scale, torch.Tensor):
+            guidance_scale = torch.tensor(float(guidance_scale), device=sample.device)
+        prev = ops.scheduler_step(sample, model_output, launch.table, launch.step, guidance=guidance_scale,
+                                  start=launch.start, noise=launch.noise, history=launch.history, stash=launch.stash,
+                                  accumulator=launch.accumulator, denoised=launch.denoised, clamp=launch.clamp,
+                                  read_oldest=launch.read_oldest)
+        self._fused_finish()
+        return (prev,) if launch.denoised is None else (prev, launch.denoised)
+
+    def _fused_finish(self):
+        """After the launch: advance the step index and the host counter, as step() does."""
+        self._advance()
+
+    def _fused_table_cached(self, key, build):
+        """The fused table for `key` (step options), built once per set_timesteps."""
+        tables = self.__dict__.setdefault("_fused_tables", {})
+        if key not in tables:
+            tables[key] = build()
+        return tables[key]
 
 
 # ---- noise schedules (betas) -------------------------------------------------------------------

@@ -36,6 +36,7 @@ from .base import (
     spaced_timesteps,
     threshold_sample,
 )
+from .fused import FusedLaunch, draw_noise, f64, fused_table, prediction_weights, rows
 
 
 @dataclass
@@ -168,6 +169,50 @@ class DDIMScheduler(SchedulerMixin):
         if cfg.clip_sample:
             return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
         return x0
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        """Not with dynamic thresholding (a quantile)."""
+        options = {"eta", "use_clipped_model_output", "generator", "variance_noise"}
+        return not self.config.thresholding and set(step_kwargs) <= options
+
+    def _fused_table(self, eta: float = 0.0, use_clipped_model_output: bool = False) -> torch.Tensor:
+        """Per timestep t (as the tables): D = x̂_0 = clamp(PX x + PM m), ε̂ = e_x x + e_m m (or, with
+        use_clipped_model_output, (x − √ᾱ_t D)/√(1−ᾱ_t)); x' = √ᾱ_{t'} D + k ε̂ + σ_t z, k = √(1 − ᾱ_{t'} − σ_t²)."""
+        def build():
+            ab, ab_prev = self._alpha_bar, self._alpha_bar_prev
+            kind = self.config.prediction_type
+            w_x, w_m = prediction_weights(kind, ab**0.5, (1 - ab) ** 0.5)
+            std_dev = eta * self._variance**0.5
+            k = f64((1 - ab_prev - std_dev**2) ** 0.5)
+            if use_clipped_model_output:  # ε̂ = x/√(1−ᾱ) − √ᾱ/√(1−ᾱ) D
+                e_x, e_d, e_m = 1 / f64((1 - ab) ** 0.5), -f64(ab**0.5) / f64((1 - ab) ** 0.5), 0.0
+            else:
+                (e_x, e_m), e_d = prediction_weights(kind, ab**0.5, (1 - ab) ** 0.5, target="eps"), 0.0
+            return fused_table(rows(len(ab), ab.device, PX=w_x, PM=w_m, CLIP=self.config.clip_sample_range, DP=1,
+                                    XX=k * e_x, XM=k * e_m, XD=f64(ab_prev**0.5) + k * e_d, XZ=std_dev))
+
+        return self._fused_table_cached((float(eta), bool(use_clipped_model_output)), build)
+
+    def _fused_launch(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
+                      generator=None, variance_noise=None) -> FusedLaunch:
+        """The row is read at the timestep itself (DDIM's tables are indexed by t)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        table = self._fused_table(eta, use_clipped_model_output)
+        noise = None
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either "
+                                 "`generator` or `variance_noise` stays `None`.")
+            noise = draw_noise(sample, model_output, generator, variance_noise)
+        t = torch.as_tensor(timestep, device=table.device).long().reshape(())
+        return FusedLaunch(table, t, noise=noise, clamp=self.config.clip_sample)
+
+    def _fused_finish(self):
+        """DDIM keeps no step index: the next call brings its own timestep."""
 
     # ---- training-time helpers -------------------------------------------------------------------
 

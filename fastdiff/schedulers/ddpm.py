@@ -31,6 +31,7 @@ from .base import (
     spaced_timesteps,
     threshold_sample,
 )
+from .fused import FusedLaunch, draw_noise, fused_table, prediction_weights, rows
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 
@@ -202,6 +203,35 @@ class DDPMScheduler(SchedulerMixin):
             return predicted_variance**0.5
         frac = (predicted_variance + 1) / 2  # learned_range: interpolate log β̃ and log β
         return torch.exp(0.5 * (frac * torch.log(beta_t) + (1 - frac) * torch.log(beta_tilde)))
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        """Not with dynamic thresholding (a quantile) or a learned variance (read from the model output)."""
+        learned = self.variance_type in ("learned", "learned_range")
+        return not (self.config.thresholding or learned) and set(step_kwargs) <= {"generator", "variance_noise"}
+
+    def _fused_table(self) -> torch.Tensor:
+        """Per step: D = x̂_0 = clamp(PX x + PM m), x' = μ̃ + σ z = XD D + XX x + XZ z (the class docstring)."""
+        def build():
+            ab_t, ab_prev = self._alpha_bar, self._alpha_bar_prev
+            alpha_t = ab_t / ab_prev
+            beta_t = 1 - alpha_t
+            w_x, w_m = prediction_weights(self.config.prediction_type, ab_t**0.5, (1 - ab_t) ** 0.5)
+            return fused_table(rows(
+                len(ab_t), ab_t.device, PX=w_x, PM=w_m, CLIP=self.config.clip_sample_range, DP=1,
+                XD=ab_prev**0.5 * beta_t / (1 - ab_t), XX=alpha_t**0.5 * (1 - ab_prev) / (1 - ab_t),
+                XZ=self._noise_scale(ab_t, ab_prev, beta_t, None)))
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample, generator=None, variance_noise=None) -> FusedLaunch:
+        self._step = self.index_for_timestep(timestep)
+        noise = draw_noise(sample, model_output, generator, variance_noise) if self._draws_noise_at(timestep) else None
+        return FusedLaunch(self._fused_table(), self._step, noise=noise, clamp=self.config.clip_sample)
+
+    def _fused_finish(self):
+        """DDPM locates each step by its timestep; the host counter moved in `_draws_noise_at`."""
 
     # ---- training-time helpers -------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import torch
 from ..configuration import register_to_config
 from .base import SchedulerOutput
 from .dpmsolver_multistep import ExponentialIntegratorMixin, accept_deprecated, dpm_timesteps, mask_unreachable
+from .fused import FusedLaunch, f64, fused_table, rows
 
 
 def _log(x: torch.Tensor) -> torch.Tensor:
@@ -157,3 +158,32 @@ class DEISMultistepScheduler(ExponentialIntegratorMixin):
         prev = self._combine(row[0], sample, row[1:4], self._history)
         self._advance()
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        """Not with dynamic thresholding (a quantile)."""
+        return not self.config.thresholding and not step_kwargs
+
+    def _fused_table(self) -> torch.Tensor:
+        """Row (i, w): D = ε̂ = (x − α x̂_0)/σ pushed; x' = c_x x + c_0 D + c_1 H_0 + c_2 H_1 at the order step()
+        uses after w steps."""
+        def build():
+            n = len(self.timesteps)
+            alpha, sigma = f64(self._alpha[:n]), f64(self._sigma[:n])
+            x_x, x_m = self._fused_prediction("x0")  # ε̂ through x̂_0, as convert_model_output
+            w_x, w_m = (1 - alpha * x_x) / sigma, -alpha * x_m / sigma
+            per_warmup = []
+            for w in range(self.config.solver_order):
+                c = self._fused_order_rows(self._coefficients, w)  # (c_x, c_0, c_1, c_2)
+                per_warmup.append(rows(n, c.device, PX=w_x, PM=w_m, DP=1, XX=c[:, 0], XD=c[:, 1],
+                                       XH=[c[:, 2], c[:, 3]], PUSH=1))
+            return fused_table(*per_warmup)
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample) -> FusedLaunch:
+        self._check_ready()
+        self._init_step_index(timestep)
+        history = self._fused_history(sample, model_output)
+        return FusedLaunch(self._fused_table(), self._step, self._start, history=history)

@@ -48,6 +48,7 @@ from .base import (
     threshold_sample,
     vp_sigmas,
 )
+from .fused import FusedLaunch, f64, fused_table, prediction_weights, rows
 
 DPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
@@ -325,6 +326,26 @@ class ExponentialIntegratorMixin(SchedulerMixin):
         """Stage 2 (separate from the linear update): dynamic thresholding of x̂_0 (Saharia et al. 2022)."""
         return threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
 
+    # ---- the fused step (fused.py): shared by the family -------------------------------------------------
+
+    def _fused_history(self, sample, model_output) -> torch.Tensor:
+        """The device history step() keeps (zeros before the first step), in the converted output's dtype."""
+        if self._history is None:
+            dtype = torch.promote_types(sample.dtype, model_output.dtype)
+            self._history = sample.new_zeros((self.config.solver_order, *sample.shape), dtype=dtype)
+        return self._history
+
+    def _fused_prediction(self, target: str):
+        """(PX, PM) per step: x̂_0 (target "x0", `_predict_x0`) or ε̂ ("eps", `_predict_epsilon`)."""
+        n = len(self.timesteps)
+        return prediction_weights(self.config.prediction_type, self._alpha[:n], self._sigma[:n], target)
+
+    def _fused_order_rows(self, table: torch.Tensor, w: int) -> torch.Tensor:
+        """table[i, order − 1] for every step i, order = min(max order of i, w + 1): the rows after w steps."""
+        n = table.shape[0]
+        order = torch.clamp(self._max_order, max=w + 1)
+        return f64(table[torch.arange(n, device=table.device), order - 1])
+
     # ---- the remaining public protocol ------------------------------------------------------------------------
 
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -534,6 +555,36 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorMixin):
         if variance_noise is not None:
             return variance_noise.to(device=model_output.device, dtype=torch.float32)
         return randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=torch.float32)
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        """Not with dynamic thresholding (a quantile) or learned-variance channels (sliced off the output)."""
+        cfg = self.config
+        learned = cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon"
+        return not (cfg.thresholding or learned) and set(step_kwargs) <= {"generator", "variance_noise"}
+
+    def _fused_table(self) -> torch.Tensor:
+        """Row (i, w): D = x̂_0 (or ε̂) pushed onto the history; x' = c_x x + c_0 D + c_1 H_0 + c_2 H_1 + c_z z with
+        the coefficients of the order step() uses after w steps."""
+        def build():
+            target = "x0" if self.config.algorithm_type.endswith("dpmsolver++") else "eps"
+            w_x, w_m = self._fused_prediction(target)
+            per_warmup = []
+            for w in range(self.config.solver_order):
+                c = self._fused_order_rows(self._coefficients, w)  # (c_x, c_0, c_1, c_2, c_z)
+                per_warmup.append(rows(len(c), c.device, PX=w_x, PM=w_m, DP=1, XX=c[:, 0], XD=c[:, 1],
+                                       XH=[c[:, 2], c[:, 3]], XZ=c[:, 4], PUSH=1))
+            return fused_table(*per_warmup)
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample, generator=None, variance_noise=None) -> FusedLaunch:
+        self._check_ready()
+        self._init_step_index(timestep)
+        history = self._fused_history(sample, model_output)
+        noise = self._noise(sample, generator, variance_noise)  # the guided output's shape, as step() draws it
+        return FusedLaunch(self._fused_table(), self._step, self._start, noise=noise, history=history)
 
     # diffusers' public per-order updates, at the current step (model_output_list is oldest first)
 

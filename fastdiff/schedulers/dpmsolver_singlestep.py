@@ -33,6 +33,7 @@ from .dpmsolver_multistep import (
     integrator_terms,
     mask_unreachable,
 )
+from .fused import FusedLaunch, draw_noise, f64, fused_table, rows
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,38 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorMixin):
         prev = self._combine(row[0], self._anchor, row[1:4], self._history, row[4], noise)
         self._advance()
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    supports_fused_step = DPMSolverMultistepScheduler.supports_fused_step
+
+    def _fused_table(self) -> torch.Tensor:
+        """Row (i, w): D = x̂_0 (or ε̂) pushed; S = the anchor (x itself on a first-order step), kept;
+        x' = c_x S + c_0 D + c_1 H_0 + c_2 H_1 + c_z z with the order step() uses after w steps."""
+        def build():
+            target = "x0" if self.config.algorithm_type.endswith("dpmsolver++") else "eps"
+            w_x, w_m = self._fused_prediction(target)
+            per_warmup = []
+            for w in range(self.config.solver_order):
+                c = self._fused_order_rows(self._coefficients, w)
+                new_block = f64(torch.clamp(self._max_order, max=w + 1) == 1)
+                per_warmup.append(rows(len(c), c.device, PX=w_x, PM=w_m, DP=1, SX=new_block, SS=1 - new_block,
+                                       XS=c[:, 0], XD=c[:, 1], XH=[c[:, 2], c[:, 3]], XZ=c[:, 4], PUSH=1, STASH=1))
+            return fused_table(*per_warmup)
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample, generator=None, variance_noise=None) -> FusedLaunch:
+        self._check_ready()
+        self._init_step_index(timestep)
+        history = self._fused_history(sample, model_output)
+        noise = None
+        if self.config.algorithm_type == "sde-dpmsolver++":
+            noise = draw_noise(sample, model_output, generator, variance_noise)
+        if self._anchor is None:
+            self._anchor = torch.zeros_like(sample)
+        return FusedLaunch(self._fused_table(), self._step, self._start, noise=noise, history=history,
+                           stash=self._anchor)
 
     def singlestep_dpm_solver_update(self, model_output_list, *args, sample=None, order=None, noise=None, **kwargs):
         """diffusers' public update of a given order at the current step (model_output_list oldest first)."""

@@ -36,6 +36,7 @@ from .base import (
     vp_sigmas,
 )
 from .euler_discrete import check_integer_timestep
+from .fused import FusedLaunch, draw_noise, f64, fused_table, rows, sigma_prediction_weights
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,27 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         if not return_dict:
             return (prev_sample, x0)
         return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        return set(step_kwargs) <= {"generator", "variance_noise"}
+
+    def _fused_table(self) -> torch.Tensor:
+        """x' = x + r (x − x̂_0) + σ_up z, r = (σ_down − σ)/σ, x̂_0 = w_x x + w_m m: XX = 1 + r (1 − w_x), XM = −r w_m."""
+        def build():
+            sigma = self.sigmas[:-1]
+            w_x, w_m = sigma_prediction_weights(self.config.prediction_type, sigma)
+            r = f64(self._sigma_down - sigma) / f64(sigma)
+            return fused_table(rows(len(sigma), sigma.device, XX=1 + r * (1 - w_x), XM=-r * w_m, XZ=self._sigma_up))
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample, generator=None, variance_noise=None) -> FusedLaunch:
+        check_integer_timestep(timestep, "EulerDiscreteScheduler")
+        self._init_step_index(timestep)
+        noise = draw_noise(sample, model_output, generator, variance_noise)  # every step draws, as step()
+        return FusedLaunch(self._fused_table(), self._step, noise=noise)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = x_0 + σ_t ε."""

@@ -41,6 +41,7 @@ from .base import (
     step_indices_for,
     vp_sigmas,
 )
+from .fused import FusedLaunch, draw_noise, f64, fused_table, rows, sigma_prediction_weights
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,38 @@ class EulerDiscreteScheduler(SchedulerMixin):
             return False
         sigma = self._sigmas_host[min(self._host_step, len(self._sigmas_host) - 1)]
         return bool(s_tmin <= sigma <= s_tmax)
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        return set(step_kwargs) <= {"s_churn", "s_tmin", "s_tmax", "s_noise", "generator", "variance_noise"}
+
+    def _fused_table(self, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0) -> torch.Tensor:
+        """x̂ = x + k z (churn), x' = x̂ + r (x̂ − x̂_0), r = (σ_{i+1} − σ̂)/σ̂, x̂_0 = w_x x̂ + w_m m:
+        XX = 1 + r (1 − w_x), XM = −r w_m, XZ = k XX."""
+        def build():
+            sigma, sigma_next = self.sigmas[:-1], self.sigmas[1:]
+            gamma_max = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1)
+            gamma = torch.where((s_tmin <= sigma) & (sigma <= s_tmax), gamma_max, 0.0)
+            sigma_hat = sigma * (gamma + 1)
+            kind = self.config.prediction_type
+            w_x, w_m = sigma_prediction_weights(kind, sigma_hat if kind == "epsilon" else sigma)
+            r = f64(sigma_next - sigma_hat) / f64(sigma_hat)
+            k = s_noise * f64((sigma_hat**2 - sigma**2) ** 0.5)
+            xx = 1 + r * (1 - w_x)
+            return fused_table(rows(len(sigma), sigma.device, XX=xx, XM=-r * w_m, XZ=k * xx))
+
+        return self._fused_table_cached((s_churn, s_tmin, s_tmax, s_noise), build)
+
+    def _fused_launch(self, model_output, timestep, sample, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
+                      s_noise=1.0, generator=None, variance_noise=None) -> FusedLaunch:
+        check_integer_timestep(timestep, type(self).__name__)
+        self._init_step_index(timestep)
+        gamma_max = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1)
+        noise = None
+        if self._draws_churn_noise(gamma_max, s_tmin, s_tmax):
+            noise = draw_noise(sample, model_output, generator, variance_noise)
+        return FusedLaunch(self._fused_table(s_churn, s_tmin, s_tmax, s_noise), self._step, noise=noise)
 
     # ---- training-time helpers -------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from .base import (
     predict_x0_from_sigma,
     refuse_custom_schedule,
 )
+from .fused import FusedLaunch, derivative_columns, f64, fused_table, rows
 
 
 @dataclass
@@ -181,6 +182,34 @@ class HeunDiscreteScheduler(SchedulerMixin):
         if not return_dict:
             return (prev_sample, x0)
         return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        return not step_kwargs
+
+    def _fused_table(self) -> torch.Tensor:
+        """Per call: P = clamp(x̂_0), D = (x − P)/σ_in. The state (d_i, x_i) is the history slot H_0 and the stash.
+        Stage 1: H_0 <- D, S = x (stashed), x' = S + dt D.  Stage 2: S = x_i (kept), x' = S + dt/2 D + dt/2 H_0."""
+        def build():
+            first, dt = f64(self._first_stage), f64(self._dt)
+            cfg = self.config
+            derivative = derivative_columns(cfg.prediction_type, self._sigma_in, clamp=cfg.clip_sample)
+            return fused_table(rows(
+                len(dt), dt.device, **derivative, CLIP=cfg.clip_sample_range,
+                SX=first, SS=1 - first, XS=1, XD=torch.where(first > 0, dt, dt / 2),
+                XH=[torch.where(first > 0, 0.0, dt / 2)], PUSH=first, STASH=first))
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample) -> FusedLaunch:
+        self._init_step_index(timestep)
+        if self._state is None:  # from here on updated in place
+            dtype = torch.promote_types(sample.dtype, model_output.dtype)
+            self._state = (torch.zeros_like(sample, dtype=dtype), torch.zeros_like(sample, dtype=dtype))
+        d_first, x_first = self._state
+        return FusedLaunch(self._fused_table(), self._step, history=d_first.unsqueeze(0), stash=x_first,
+                           clamp=self.config.clip_sample, read_oldest=True)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = x_0 + σ_t ε."""

@@ -38,6 +38,7 @@ from .base import (
     refuse_custom_schedule,
 )
 from .heun_discrete import interleave
+from .fused import FusedLaunch, derivative_columns, draw_noise, f64, fused_table, rows
 from .k_dpm_2_discrete import interleave_timesteps, kdpm2_sigmas_and_timesteps, midpoint_timesteps
 
 
@@ -166,6 +167,31 @@ class KDPM2AncestralDiscreteScheduler(SchedulerMixin):
         if not return_dict:
             return (prev_sample, x0)
         return KDPM2AncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        return set(step_kwargs) <= {"generator", "variance_noise"}
+
+    def _fused_table(self) -> torch.Tensor:
+        """Per call: D = (x − x̂_0)/σ_in; S = x at stage 1, the stashed x_i at stage 2 (stashed either way);
+        x' = S + dt D + σ_up z (stage 2)."""
+        def build():
+            first, dt = f64(self._first_stage), self._dt
+            derivative = derivative_columns(self.config.prediction_type, self._sigma_in)
+            return fused_table(rows(len(dt), dt.device, **derivative, SX=first, SS=1 - first, XS=1, XD=dt,
+                                    XZ=self._noise_scale, STASH=1))
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample, generator=None, variance_noise=None) -> FusedLaunch:
+        self._init_step_index(timestep)
+        if self._stashed_sample is None:
+            self._stashed_sample = torch.zeros_like(sample)  # from here on updated in place
+        noise = None
+        if self._host_step % 2 == 1:  # host decision: stage 2 draws, as step()
+            noise = draw_noise(sample, model_output, generator, variance_noise)
+        return FusedLaunch(self._fused_table(), self._step, noise=noise, stash=self._stashed_sample)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = x_0 + σ_t ε."""

@@ -35,6 +35,7 @@ from .base import (
     make_betas,
     threshold_sample,
 )
+from .fused import FusedLaunch, draw_noise, fused_table, prediction_weights, rows
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,35 @@ class LCMScheduler(SchedulerMixin):
         if cfg.clip_sample:
             return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
         return x0
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        """Not with dynamic thresholding (a quantile)."""
+        return not self.config.thresholding and set(step_kwargs) <= {"generator", "variance_noise"}
+
+    def _fused_table(self) -> torch.Tensor:
+        """Per step: P = clamp(x̂_0), D = f(x_t, t) = c_out P + c_skip x (written as `denoised`),
+        x' = a_prev D + b_prev z."""
+        def build():
+            sqrt_ab, sqrt_one_minus_ab, c_skip, c_out, renoise_x, renoise_z = self._coefficients.unbind(1)
+            w_x, w_m = prediction_weights(self.config.prediction_type, sqrt_ab, sqrt_one_minus_ab)
+            return fused_table(rows(len(sqrt_ab), sqrt_ab.device, PX=w_x, PM=w_m, CLIP=self.config.clip_sample_range,
+                                    DX=c_skip, DP=c_out, XD=renoise_x, XZ=renoise_z))
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample, generator=None, variance_noise=None) -> FusedLaunch:
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        self._init_step_index(timestep)
+        dtype = torch.promote_types(sample.dtype, model_output.dtype)  # f(x_t, t)'s dtype in step()
+        noise = None
+        if self._draws_noise[min(self._host_step, len(self._draws_noise) - 1)]:
+            noise = draw_noise(sample, model_output, generator, variance_noise, dtype=dtype)
+        denoised = torch.empty(sample.shape, dtype=dtype, device=sample.device)
+        return FusedLaunch(self._fused_table(), self._step, noise=noise, denoised=denoised,
+                           clamp=self.config.clip_sample)
 
     # ---- training-time helpers ------------------------------------------------------------------------
 

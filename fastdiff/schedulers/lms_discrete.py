@@ -40,6 +40,7 @@ from .base import (
     predict_x0_from_sigma,
     refuse_custom_schedule,
 )
+from .fused import MAX_HISTORY, FusedLaunch, derivative_columns, f64, fused_table, rows
 
 
 @dataclass
@@ -176,13 +177,41 @@ class LMSDiscreteScheduler(SchedulerMixin):
     def _push_derivative(self, derivative: torch.Tensor, order: int) -> torch.Tensor:
         """D <- [d, D_0, ..., D_{L-2}] on the device. Slots never written are zeros, so a history shorter
         than the order contributes nothing (diffusers zips the coefficients with the derivatives it has)."""
-        history = self._derivatives
-        if history is None or history.shape[1:] != derivative.shape:
-            history = derivative.new_zeros((order, *derivative.shape))
-        elif history.shape[0] < order:  # a larger order than before: older slots start empty
-            history = torch.cat([history, history.new_zeros((order - history.shape[0], *derivative.shape))])
+        history = self._derivative_buffer(order, derivative.shape, derivative.dtype, derivative.device)
         self._derivatives = torch.cat([derivative.unsqueeze(0), history[:-1]])
         return self._derivatives
+
+    def _derivative_buffer(self, order: int, shape, dtype, device) -> torch.Tensor:
+        """The history before a push: zeros at first (or for a new shape); a larger order than before adds
+        empty older slots."""
+        history = self._derivatives
+        if history is None or history.shape[1:] != shape:
+            history = torch.zeros((order, *shape), dtype=dtype, device=device)
+        elif history.shape[0] < order:
+            history = torch.cat([history, history.new_zeros((order - history.shape[0], *shape))])
+        return history
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, order: int = 4, **step_kwargs) -> bool:
+        history = self._derivatives
+        return not step_kwargs and 1 <= order and max(order, 0 if history is None else len(history)) <= MAX_HISTORY
+
+    def _fused_table(self, order: int) -> torch.Tensor:
+        """Per step: D = (x − x̂_0)/σ pushed; x' = x + c_0 D + Σ_{k≥1} c_k H_{k−1} (the table's row i)."""
+        def build():
+            sigma = self.sigmas[:-1]
+            c = f64(self._coefficients(order))
+            return fused_table(rows(len(sigma), sigma.device, **derivative_columns(self.config.prediction_type, sigma),
+                                    XX=1, XD=c[:, 0], XH=list(c[:, 1:].T), PUSH=1))
+
+        return self._fused_table_cached(order, build)
+
+    def _fused_launch(self, model_output, timestep, sample, order: int = 4) -> FusedLaunch:
+        self._init_step_index(timestep)
+        dtype = torch.promote_types(sample.dtype, model_output.dtype)  # the derivative's dtype in step()
+        self._derivatives = self._derivative_buffer(order, sample.shape, dtype, sample.device)  # shifted in place
+        return FusedLaunch(self._fused_table(order), self._step, history=self._derivatives)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = x_0 + σ_t ε."""

@@ -42,6 +42,7 @@ from .base import (
     make_betas,
     refuse_custom_schedule,
 )
+from .fused import FusedLaunch, f64, fused_table, rows
 
 # PLMS weights on [m, E_0, E_1, E_2] by how many model outputs exist (Adams–Bashforth, orders 1-4)
 ADAMS_BASHFORTH = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12],
@@ -246,6 +247,53 @@ class PNDMScheduler(SchedulerMixin):
             eps = ab_t**0.5 * combined + (1 - ab_t) ** 0.5 * x
         denominator = ab_t * (1 - ab_prev) ** 0.5 + (ab_t * (1 - ab_t) * ab_prev) ** 0.5
         return (ab_prev / ab_t) ** 0.5 * x - (ab_prev - ab_t) * eps / denominator
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        return not step_kwargs
+
+    def _fused_table(self) -> torch.Tensor:
+        """Per call c: D = m (pushed onto E when the row pushes), S = the stashed x or x (stashed when the row
+        stashes), A' = a_0 A + a_1 m, and x' = φ(S, ε', t_base, t') of eq. 11 with ε' = w·[m, A, E_0, E_1, E_2]
+        (for v prediction ε = √ᾱ_t ε' + √(1 − ᾱ_t) S) — φ is linear in S and ε.
+
+        step() reads ᾱ at the timestep it is given while its counter starts at 0, also when a loop starts
+        mid-schedule (image-to-image, as diffusers' PNDM); the table takes call c at timesteps[begin + c], the
+        timestep every loop over `timesteps[begin_index:]` passes."""
+        def build():
+            begin = self.begin_index or 0
+            calls = len(self.timesteps) - begin
+            t = self.timesteps[begin:].long()
+            base_abs = self._base_abs[:calls]
+            t_base = torch.where(base_abs >= 0, base_abs, t + self._base_shift[:calls])
+            t_prev = t - self._prev_shift[:calls]
+            ab_t = self._alpha_bar[t_base]
+            ab_prev = torch.where(t_prev >= 0, self._alpha_bar[t_prev.clamp(min=0)], self._final_alpha_bar)
+            denominator = ab_t * (1 - ab_prev) ** 0.5 + (ab_t * (1 - ab_t) * ab_prev) ** 0.5
+            k_eps = -f64(ab_prev - ab_t) / f64(denominator)  # x' = k_x S + k_eps ε
+            k_x = f64((ab_prev / ab_t) ** 0.5)
+            if self.config.prediction_type == "v_prediction":
+                k_x, k_eps = k_x + k_eps * f64((1 - ab_t) ** 0.5), k_eps * f64(ab_t**0.5)
+            w = f64(self._weights[:calls]) * k_eps[:, None]  # on [m, A, E_0, E_1, E_2]
+            from_stash, (a_0, a_1) = f64(self._from_stash[:calls]), self._accumulate[:calls].unbind(1)
+            return fused_table(rows(calls, t.device, PM=1, DP=1, SX=1 - from_stash, SS=from_stash, AA=a_0, AM=a_1,
+                                    XS=k_x, XM=w[:, 0], XA=w[:, 1], XH=list(w[:, 2:].T), PUSH=self._push[:calls],
+                                    STASH=self._stash[:calls]))
+
+        return self._fused_table_cached(self.begin_index or 0, build)
+
+    def _fused_launch(self, model_output, timestep, sample) -> FusedLaunch:
+        """The row is read at the call counter (step() reads ᾱ at the timestep passed in: the same in a loop)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if self._history is None or self._history[1].shape != sample.shape:  # E, X, A: separate buffers
+            self._history = (sample.new_zeros((3, *sample.shape)), torch.zeros_like(sample), torch.zeros_like(sample))
+        E, X, A = self._history
+        accumulator = None if self.config.skip_prk_steps else A  # without Runge–Kutta calls A stays 0
+        return FusedLaunch(self._fused_table(), self._step, history=E, stash=X, accumulator=accumulator,
+                           read_oldest=True)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return add_noise_with_alphas(self.alphas_cumprod, original_samples, noise, timesteps)

@@ -25,6 +25,7 @@ import torch
 from ..configuration import register_to_config
 from .base import SchedulerMixin, SchedulerOutput
 from .dpmsolver_multistep import ExponentialIntegratorMixin, accept_deprecated, dpm_timesteps, mask_unreachable
+from .fused import FusedLaunch, f64, fused_table, rows
 
 SOLVER_TYPES = ("bh1", "bh2")
 
@@ -219,3 +220,39 @@ class UniPCMultistepScheduler(ExponentialIntegratorMixin):
         row = self._row(self._corrector, order) * use  # zero row when the corrector is off
         corrected = self._combine(row[0], self._last_sample, row[1:4], self._history, row[4], m_t)
         return torch.where(use, corrected.to(sample.dtype), sample)
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def supports_fused_step(self, **step_kwargs) -> bool:
+        """Not with dynamic thresholding (a quantile)."""
+        return not self.config.thresholding and not step_kwargs
+
+    def _fused_table(self) -> torch.Tensor:
+        """Row (i, w), w = steps taken (capped at solver_order): D = m_t = x̂_0 (or ε̂), pushed;
+        S = UniC(last sample S_old, H, D) if the corrector runs (w > 0 and enabled) else x, kept as the last sample;
+        x' = UniP(S, D, H_0, H_1) at the predictor's order."""
+        def build():
+            w_x, w_m = self._fused_prediction("x0" if self.predict_x0 else "eps")
+            previous_max = torch.cat([self._max_order[:1], self._max_order[:-1]])  # the previous predictor's order
+            per_warmup = []
+            for w in range(self.config.solver_order + 1):
+                p = self._fused_order_rows(self._predictor, w)  # on (S, D, H_0, H_1)
+                order = torch.clamp(previous_max, max=max(w, 1))
+                k = f64(self._corrector[torch.arange(len(order), device=order.device), order - 1])  # (S_old, H, D)
+                use = f64(self._corrects & (w > 0))
+                per_warmup.append(rows(
+                    len(p), p.device, PX=w_x, PM=w_m, DP=1, SX=1 - use, SS=use * k[:, 0],
+                    SH=[use * k[:, 1], use * k[:, 2], use * k[:, 3]], SD=use * k[:, 4],
+                    XS=p[:, 0], XD=p[:, 1], XH=[p[:, 2], p[:, 3]], PUSH=1, STASH=1))
+            return fused_table(*per_warmup)
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample) -> FusedLaunch:
+        self._check_ready()
+        self._init_step_index(timestep)
+        history = self._fused_history(sample, model_output)
+        if self._last_sample is None:
+            self._last_sample = torch.zeros_like(sample)
+        return FusedLaunch(self._fused_table(), self._step, self._start, history=history, stash=self._last_sample,
+                           read_oldest=True)
