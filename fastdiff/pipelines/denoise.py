@@ -5,8 +5,8 @@ prepare; from there this function does the rest:
 
     for t in timesteps:
         ε̂ = unet(scale(x_t) [+ mask, masked-image latents], t, text)     # one batch: [uncond, cond]
-        ε̂ = ε̂_u + g (ε̂_c - ε̂_u)                                        # classifier-free guidance
-        x = scheduler.step(ε̂, t, x)
+        ε̂ = ε̂_u + g (ε̂_c - ε̂_u)                                        # classifier-free guidance, and
+        x = scheduler.step(ε̂, t, x)                                      # the update: one fused_step launch
         x = (1 - m) · noised(x_image, next t) + m · x                    # 4-channel inpainting only
 
 The loop reads its tensors from a `state` dict so that `callback_on_step_end` can see and replace
@@ -82,6 +82,10 @@ def denoise(pipe, state: dict[str, torch.Tensor], timesteps: torch.Tensor, num_i
     """
     unet, scheduler = pipe.unet, pipe.scheduler
     cfg, g = pipe.do_classifier_free_guidance, pipe.guidance_scale
+    # guidance + scheduler update as one ops.scheduler_step launch (schedulers/fused.py), unless a stage that
+    # is not linear (guidance_rescale's std ratio, thresholding) or an option the fused step lacks is in play
+    fused = not (cfg and pipe.guidance_rescale > 0.0) and scheduler.supports_fused_step(**step_kwargs)
+    guidance = torch.tensor(float(g), device=state["latents"].device) if cfg and fused else None  # g on the device
     concat_mask = unet.config.in_channels == 9 and "masked_image_latents" in state
     blend_mask = "image_latents" in state
     num_warmup_steps = len(timesteps) - num_inference_steps * scheduler.order
@@ -97,12 +101,15 @@ def denoise(pipe, state: dict[str, torch.Tensor], timesteps: torch.Tensor, num_i
                 model_input = torch.cat([model_input, state["mask"], state["masked_image_latents"]], dim=1)
             noise_pred = unet(model_input, t, encoder_hidden_states=state["prompt_embeds"], timestep_cond=timestep_cond,
                               cross_attention_kwargs=pipe.cross_attention_kwargs, return_dict=False)[0]
-            if cfg:
-                uncond, text = noise_pred.chunk(2)
-                noise_pred = uncond + g * (text - uncond)
-                if pipe.guidance_rescale > 0.0:
-                    noise_pred = rescale_noise_cfg(noise_pred, text, guidance_rescale=pipe.guidance_rescale)
-            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            if fused:
+                latents = scheduler.fused_step(noise_pred, t, latents, guidance, **step_kwargs)[0]
+            else:
+                if cfg:
+                    uncond, text = noise_pred.chunk(2)
+                    noise_pred = uncond + g * (text - uncond)
+                    if pipe.guidance_rescale > 0.0:
+                        noise_pred = rescale_noise_cfg(noise_pred, text, guidance_rescale=pipe.guidance_rescale)
+                latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
             if blend_mask:
                 latents = _blend_known_region(scheduler, state, latents, timesteps, i, cfg)
             state["latents"] = latents
