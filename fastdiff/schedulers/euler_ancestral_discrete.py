@@ -156,7 +156,8 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         return set(step_kwargs) <= {"generator", "variance_noise"}
 
     def _fused_table(self) -> torch.Tensor:
-        """x' = x + r (x − x̂_0) + σ_up z, r = (σ_down − σ)/σ, x̂_0 = w_x x + w_m m: XX = 1 + r (1 − w_x), XM = −r w_m."""
+        """x' = x + r (x − x̂_0) + σ_up z, r = (σ_down − σ)/σ, x̂_0 = w_x x + w_m m:
+        XX = 1 + r (1 − w_x), XM = −r w_m."""
         def build():
             sigma = self.sigmas[:-1]
             w_x, w_m = sigma_prediction_weights(self.config.prediction_type, sigma)

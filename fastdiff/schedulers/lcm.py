@@ -257,7 +257,8 @@ class LCMScheduler(SchedulerMixin):
 
     def _fused_launch(self, model_output, timestep, sample, generator=None, variance_noise=None) -> FusedLaunch:
         if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
         self._init_step_index(timestep)
         dtype = torch.promote_types(sample.dtype, model_output.dtype)  # f(x_t, t)'s dtype in step()
         noise = None
