@@ -160,6 +160,11 @@ class SchedulerMixin(ConfigMixin):
 
         if not self.supports_fused_step(**step_kwargs):
             raise ValueError(f"{type(self).__name__} has no fused step for this config and {sorted(step_kwargs)}")
+        batch = 2 * sample.shape[0] if guidance_scale is not None else sample.shape[0]
+        if tuple(model_output.shape) != (batch, *sample.shape[1:]):
+            what = "the CFG batch [uncond; cond] for" if guidance_scale is not None else "shaped like"
+            raise ValueError(f"fused_step: model_output {tuple(model_output.shape)} must be {what} the sample "
+                             f"{tuple(sample.shape)}")
         launch = self._fused_launch(model_output, timestep, sample, **step_kwargs)
         if guidance_scale is not None and not isinstance(guidance_scale, torch.Tensor):
             guidance_scale = torch.tensor(float(guidance_scale), device=sample.device)

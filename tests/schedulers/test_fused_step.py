@@ -155,3 +155,13 @@ def test_unfusable_configs_say_so(cls, config, options):
     assert not scheduler.supports_fused_step(**options)
     with pytest.raises(ValueError, match="no fused step"):
         scheduler.fused_step(torch.zeros(SHAPE), 0, torch.zeros(SHAPE), **options)
+
+
+def test_model_output_must_match_the_guidance_layout():
+    scheduler, _ = _make("dpm++2m")
+    scheduler.set_timesteps(4)
+    x, t = torch.randn(SHAPE), scheduler.timesteps[0]
+    with pytest.raises(ValueError, match="CFG batch"):
+        scheduler.fused_step(torch.randn(SHAPE), t, x, guidance_scale=G)
+    with pytest.raises(ValueError, match="shaped like"):
+        scheduler.fused_step(torch.randn((2 * SHAPE[0], *SHAPE[1:])), t, x)
