@@ -5,6 +5,10 @@ import os
 import pytest
 import torch
 
+# Kernel tests run Triton's interpreter. @triton.jit and triton.language read this when they are
+# first imported, and bench/ (collected before tests/kernels) imports Triton, so it is set here,
+# before anything else. The "auto" backend still picks torch for CPU tensors.
+os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # tiny tensors: one thread avoids oversubscription when the 2 cores are shared (CI runs alone, but
