@@ -48,7 +48,8 @@ LEGEND = (
     "time / diffusers': median over rounds of the end-to-end time ratio within a round (below 1: fastdiff is "
     "faster). A step is one loop iteration: UNet call, guidance, scheduler step. Host overhead: the loop's time "
     "per step on the tiny preset, whose arithmetic is negligible; split into time outside tensor ops (Python) and "
-    "inside them (dispatch, allocation, tiny kernels). Memory: {memory}. Parity: this dtype's bound on the max "
+    "inside them (dispatch, allocation, tiny kernels). Memory: {memory}; over the whole process (imports, load, "
+    "runs), then during the second run alone. Parity: this dtype's bound on the max "
     "abs pixel difference (pixels in [0, 1]) against diffusers' image from the same seed."
 )
 
@@ -71,12 +72,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"{_fmt(env['load_average_1m'], '.2f')} → {_fmt(result.get('load_average_1m_after'), '.2f')} · {versions}",
         "",
         "| system | end-to-end s (median / p90) | time / diffusers' | loop ms/step (median / p90) | host overhead "
-        "ms/step (outside + inside ops) | peak memory MiB | max abs pixel diff | PSNR dB | parity |",
+        "ms/step (outside + inside ops) | peak memory MiB (process / run) | max abs pixel diff | PSNR dB | parity |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(name, r, result["parity_max_abs"]) for name, r in result["systems"].items()]
     lines += ["", LEGEND.format(memory="peak RSS of a fresh process that loads and runs twice"
                                 if cfg["device"] == "cpu" else "torch.cuda.max_memory_allocated")]
+    image = result.get("reference_image")
+    if image:
+        lines += ["", f"diffusers' image: mean {image['mean']:.3f}, std {image['std']:.3f}, "
+                      f"{100 * image['clipped']:.1f}% of values clipped at 0 or 1."]
     lines += [f"\n{note}" for note in result.get("notes", [])]
     return "\n".join(lines)
 
@@ -91,7 +96,7 @@ def _row(name: str, r: dict[str, Any], bound: float) -> str:
     parity = "reference" if p is None else ("ok" if p["ok"] else "**FAIL**") + f" (≤ {bound:g})"
     psnr = "–" if p is None else ("identical" if p["psnr_db"] is None else f"{p['psnr_db']:.1f}")
     return (f"| {name} | {e2e['median']:.3f} / {e2e['p90']:.3f} | {r['e2e_ratio_vs_diffusers']:.2f} | "
-            f"{step['median']:.2f} / {step['p90']:.2f} | {over} | {_fmt(memory.get('peak_mib'), '.0f')} | "
+            f"{step['median']:.2f} / {step['p90']:.2f} | {over} | {_fmt(memory.get('peak_mib'), '.0f')} / {_fmt(memory.get('run_peak_mib'), '.0f')} | "
             f"{'–' if p is None else format(p['max_abs'], '.2e')} | {psnr} | {parity} |")
 
 

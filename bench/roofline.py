@@ -23,7 +23,10 @@ A dispatch mode sees every op and turns it into kernels. This is a MODEL, not a 
     geglu) is one fused kernel; every other aten op is one kernel;
   * diffusers (eager): every aten op is one kernel, except scaled_dot_product_attention, which is
     one fused kernel as it runs on CUDA (flash / memory-efficient; the output comes back in the
-    (B, N, H, D) memory layout those kernels use, so diffusers' transpose-reshape after it is free).
+    (B, N, H, D) memory layout those kernels use, so diffusers' transpose-reshape after it is free);
+  * what-if column: each elementwise kernel (add, mul, div, SiLU, GELU, GEGLU) whose input is the only
+    use of a GEMM or convolution output runs in that producer's epilogue instead (bias + residual add,
+    time-embedding add, GEGLU gate), saving the write and the read-back of the intermediate.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class Kernel:
     op: str
     flops: float
     bytes: float
+    reads: tuple[int, ...] = ()  # the tensors read, by the id of the tensor they are a view of
+    writes: tuple[tuple[int, int], ...] = ()  # (id, bytes) of the tensors written
 
     def seconds(self, hw=H100) -> float:
         return max(self.flops / hw["flops"], self.bytes / hw["bandwidth"])
@@ -101,19 +106,41 @@ def _flops(func, args, kwargs, out) -> int:
     return formula(*args, **kwargs, out_val=out) if formula else 0
 
 
+def _tensors(tree) -> list[torch.Tensor]:
+    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
+
+
 class KernelTrace(TorchDispatchMode):
-    """Records one Kernel per op that launches one (views and allocations are free)."""
+    """Records one Kernel per op that launches one (views and allocations are free), and which tensors
+    each kernel reads and writes, a view counting as the tensor it views (for the fusion analysis)."""
 
     def __init__(self):
         super().__init__()
         self.kernels: list[Kernel] = []
+        self._base: dict[int, int] = {}
+        self._alive: list[torch.Tensor] = []  # keeps every traced tensor alive, so no id() is reused
+
+    def root(self, t: torch.Tensor) -> int:
+        return self._base.get(id(t), id(t))
+
+    def record(self, name: str, flops: float, inputs, outputs):
+        inputs, outputs = _tensors(inputs), _tensors(outputs)
+        self._alive += inputs + outputs
+        self.kernels.append(Kernel(name, flops, _bytes(inputs, outputs), tuple(self.root(t) for t in inputs),
+                                   tuple((id(t), _footprint(t)) for t in outputs)))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if not (func.is_view or func._overloadpacket in _FREE):
-            name = func._overloadpacket.__name__ if func.namespace == "aten" else f"{func.namespace}::{func._opname}"
-            self.kernels.append(Kernel(name, _flops(func, args, kwargs, out), _bytes(args, kwargs, out)))
+        if func.is_view or func._overloadpacket in _FREE:
+            source = _tensors((args, kwargs))
+            for view in _tensors(out):
+                if source:
+                    self._base[id(view)] = self.root(source[0])
+                self._alive.append(view)
+            return out
+        name = func._overloadpacket.__name__ if func.namespace == "aten" else f"{func.namespace}::{func._opname}"
+        self.record(name, _flops(func, args, kwargs, out), (args, kwargs), out)
         return out
 
 
@@ -133,8 +160,7 @@ class FusedSDPA(TorchFunctionMode):
             raise NotImplementedError("the model counts unmasked attention only")
         b, h, n, _ = q.shape
         out = q.new_empty((b, n, h, v.shape[-1])).transpose(1, 2)  # flash/efficient kernels' output layout
-        self.trace.kernels.append(Kernel("sdpa (fused)", flop_counter.sdpa_flop_count(q.shape, k.shape, v.shape),
-                                         _bytes((q, k, v), out)))
+        self.trace.record("sdpa (fused)", flop_counter.sdpa_flop_count(q.shape, k.shape, v.shape), (q, k, v), out)
         return out
 
 
@@ -176,9 +202,37 @@ def workloads(shape: str) -> dict[str, tuple[str, dict, dict]]:
 
 def summarize(kernels: list[Kernel], launch_us: float) -> dict[str, float]:
     seconds = sum(k.seconds() for k in kernels)
+    fused, saved = epilogue_fusion(kernels)
     return {"kernels": len(kernels), "gb": sum(k.bytes for k in kernels) / 1e9,
             "tflop": sum(k.flops for k in kernels) / 1e12, "ms": 1e3 * seconds,
-            "ms_with_launch": 1e3 * seconds + len(kernels) * launch_us / 1e3}
+            "ms_with_launch": 1e3 * seconds + len(kernels) * launch_us / 1e3,
+            "epilogue_fusion": {"kernels_removed": fused, "gb_saved": saved / 1e9}}
+
+
+# What-if: an elementwise kernel folded into the epilogue of the GEMM / convolution that produced its
+# input, as cuBLASLt / CUTLASS / Triton matmul epilogues do (bias + residual add, GEGLU's gate, ...).
+_PRODUCERS = {"convolution", "addmm", "mm", "bmm", "baddbmm"}
+_ELEMENTWISE = {"add", "mul", "div", "silu", "gelu", "fastdiff::geglu"}
+
+
+def epilogue_fusion(kernels: list[Kernel]) -> tuple[int, float]:
+    """(kernels removed, bytes saved) if every elementwise kernel whose input is the sole use of a GEMM or
+    convolution output ran in that producer's epilogue: the intermediate is neither written nor read back,
+    2x its bytes saved. Each producer takes at most one such consumer."""
+    uses = collections.Counter(r for k in kernels for r in set(k.reads))
+    producer: dict[int, tuple[int, int]] = {}  # tensor id -> (producing kernel index, bytes)
+    taken, saved = set(), 0
+    for i, k in enumerate(kernels):
+        if k.op in _ELEMENTWISE:
+            for r in k.reads:
+                j, nbytes = producer.get(r, (None, 0))
+                if j is not None and j not in taken and uses[r] == 1:
+                    taken.add(j)
+                    saved += 2 * nbytes
+                    break
+        if k.op in _PRODUCERS:
+            producer.update({tid: (i, nbytes) for tid, nbytes in k.writes})
+    return len(taken), float(saved)
 
 
 def by_op(kernels: list[Kernel]) -> dict[str, tuple[int, float]]:
@@ -207,13 +261,17 @@ def markdown(result: dict, launch_us: float = LAUNCH_US) -> str:
     head = (f"Roofline, **modeled** (not measured) on an {H100['name']} ({H100['flops'] / 1e12:.0f} TFLOP/s dense "
             f"bf16, {H100['bandwidth'] / 1e12:.2f} TB/s), bf16, per kernel max(FLOPs/peak, bytes/bandwidth):\n\n"
             f"| workload | system | kernels | GB moved | TFLOP | modeled ms | modeled ms + {launch_us:g} µs/launch "
-            f"| bytes vs diffusers |\n|---|---|---|---|---|---|---|---|")
+            f"| bytes vs diffusers | what-if, epilogue fusion: kernels, GB (vs diffusers) |\n"
+            f"|---|---|---|---|---|---|---|---|---|")
     rows = []
     for workload, systems in result.items():
         reference = systems["diffusers (eager)"]["gb"]
         for system, s in systems.items():
+            fused = s["epilogue_fusion"]
+            gb = s["gb"] - fused["gb_saved"]
             rows.append(f"| {workload} | {system} | {s['kernels']} | {s['gb']:.2f} | {s['tflop']:.2f} | "
-                        f"{s['ms']:.2f} | {s['ms_with_launch']:.2f} | {100 * s['gb'] / reference:.0f}% |")
+                        f"{s['ms']:.2f} | {s['ms_with_launch']:.2f} | {100 * s['gb'] / reference:.0f}% | "
+                        f"{s['kernels'] - fused['kernels_removed']}, {gb:.2f} ({100 * gb / reference:.0f}%) |")
     return head + "\n" + "\n".join(rows)
 
 
