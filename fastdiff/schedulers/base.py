@@ -1,4 +1,4 @@
-"""What every scheduler shares: the mixin, noise schedules, timestep spacing, and the device step index.
+"""What every scheduler shares: the mixins, noise schedules, timestep spacing, and the device step index.
 
 The contract (see DESIGN.md, "Schedulers"): `set_timesteps()` computes everything the loop needs,
 once, on the scheduler's device. `step()`, `scale_model_input()` and `add_noise()` then never force
@@ -27,6 +27,10 @@ from ..configuration import ConfigMixin
 from ..outputs import BaseOutput
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+CLASSIC_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
 class KarrasDiffusionSchedulers(Enum):
@@ -138,6 +142,20 @@ class SchedulerMixin(ConfigMixin):
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
+    def _set_betas(self, rescale_betas_zero_snr: bool = False, allowed=BETA_SCHEDULES, sigma_space: bool = False):
+        """β_t from the config (`make_betas`), α_t = 1 - β_t and ᾱ_t = Π_{s≤t} α_s.
+
+        After a zero-SNR rescale ᾱ_T = 0, so σ_T = √((1-ᾱ_T)/ᾱ_T) is infinite: schedulers that work in σ
+        (`sigma_space`) set ᾱ_T = 2^-24 instead, as diffusers does.
+        """
+        cfg = self.config
+        self.betas = make_betas(type(self).__name__, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end,
+                                cfg.beta_schedule, cfg.trained_betas, rescale_betas_zero_snr, allowed)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if rescale_betas_zero_snr and sigma_space:
+            self.alphas_cumprod[-1] = 2**-24
+
     # ---- the fused step (fused.py) ------------------------------------------------------------------
 
     def supports_fused_step(self, **step_kwargs) -> bool:
@@ -188,11 +206,6 @@ class SchedulerMixin(ConfigMixin):
 
 
 # ---- noise schedules (betas) -------------------------------------------------------------------
-
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
-CLASSIC_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
 def check_choice(name: str, value, allowed, owner: str):
@@ -500,18 +513,56 @@ def step_indices_for(timesteps: torch.Tensor, schedule: torch.Tensor) -> torch.T
     return hit.long().argmax(1)
 
 
-def add_noise_with_sigmas(scheduler: SchedulerMixin, original: torch.Tensor, noise: torch.Tensor,
-                          timesteps: torch.Tensor) -> torch.Tensor:
-    """x_t = x_0 + σ_t ε, σ_t found as diffusers finds it (by timestep, else the step or begin index)."""
-    sigmas = scheduler.sigmas.to(device=original.device, dtype=original.dtype)
-    batch = torch.as_tensor(timesteps).flatten().shape[0]
-    if scheduler.begin_index is None:
-        index = step_indices_for(timesteps, scheduler.timesteps.to(original.device))
-    elif scheduler.step_index is not None:
-        index = scheduler.step_index.to(original.device).expand(batch)
-    else:
-        index = torch.full((batch,), scheduler.begin_index, dtype=torch.long, device=original.device)
-    return original + noise * broadcast_to_sample(sigmas.index_select(0, index), original)
+class AlphaBarSchedulerMixin(SchedulerMixin):
+    """Schedulers that index ᾱ by training timestep (DDPM, DDIM, LCM): the training-time helpers."""
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return add_noise_with_alphas(self.alphas_cumprod, original_samples, noise, timesteps)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t ε - √(1-ᾱ_t) x_0 (Salimans & Ho 2022)."""
+        ab = self.alphas_cumprod.to(device=sample.device, dtype=sample.dtype)
+        ab_t = ab.index_select(0, torch.as_tensor(timesteps, device=sample.device).long().flatten())
+        return broadcast_to_sample(ab_t**0.5, sample) * noise - broadcast_to_sample((1 - ab_t) ** 0.5, sample) * sample
+
+
+class SigmaSchedulerMixin(SchedulerMixin):
+    """The k-diffusion samplers in σ (Euler, Euler ancestral, Heun, LMS, KDPM2, KDPM2 ancestral).
+
+    x = x_0 + σ ε, and the model sees x / √(σ² + 1). `sigmas` is the device table of σ per call.
+    """
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:
+        """σ_max (x_T ~ N(0, σ_max²)); √(σ_max² + 1) for "leading" spacing, as diffusers."""
+        if self.config.timestep_spacing in ("linspace", "trailing"):
+            return self.sigmas.max()
+        return (self.sigmas.max() ** 2 + 1) ** 0.5
+
+    @property
+    def _input_sigmas(self) -> torch.Tensor:
+        """The σ each call's model input is scaled by (per entry of `timesteps`)."""
+        return self.sigmas
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
+        """x / √(σ² + 1) at the call's σ: the model was trained on unit-variance inputs."""
+        self._init_step_index(timestep)
+        sigma = self._at(self._input_sigmas)
+        self.is_scale_input_called = True  # Euler, Euler ancestral and LMS warn in step() without it
+        return sample / (sigma**2 + 1) ** 0.5
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = x_0 + σ_t ε, σ_t found as diffusers finds it (by timestep, else the step or begin index)."""
+        x0, device = original_samples, original_samples.device
+        sigmas = self.sigmas.to(device=device, dtype=x0.dtype)
+        batch = torch.as_tensor(timesteps).flatten().shape[0]
+        if self.begin_index is None:
+            index = step_indices_for(timesteps, self.timesteps.to(device))
+        elif self.step_index is not None:
+            index = self.step_index.to(device).expand(batch)
+        else:
+            index = torch.full((batch,), self.begin_index, dtype=torch.long, device=device)
+        return x0 + noise * broadcast_to_sample(sigmas.index_select(0, index), x0)
 
 
 def interpolated_sigmas(config, alphas_cumprod: torch.Tensor, num_inference_steps: int,

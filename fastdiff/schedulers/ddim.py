@@ -26,12 +26,9 @@ from .base import (
     KARRAS_COMPATIBLES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
-    add_noise_with_alphas,
-    broadcast_to_sample,
+    AlphaBarSchedulerMixin,
     check_choice,
     check_num_inference_steps,
-    make_betas,
     refuse_custom_schedule,
     spaced_timesteps,
     threshold_sample,
@@ -45,7 +42,7 @@ class DDIMSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class DDIMScheduler(SchedulerMixin):
+class DDIMScheduler(AlphaBarSchedulerMixin):
     """DDIM sampling (deterministic at eta=0).
 
     Example:
@@ -80,10 +77,7 @@ class DDIMScheduler(SchedulerMixin):
         name = type(self).__name__
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES, name)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                rescale_betas_zero_snr, allowed=CLASSIC_BETA_SCHEDULES)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_betas(rescale_betas_zero_snr, CLASSIC_BETA_SCHEDULES)
         # ᾱ after the last step: 1 (a clean sample) or ᾱ_0, as the checkpoint was trained
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.init_noise_sigma = 1.0
@@ -213,14 +207,3 @@ class DDIMScheduler(SchedulerMixin):
 
     def _fused_finish(self):
         """DDIM keeps no step index: the next call brings its own timestep."""
-
-    # ---- training-time helpers -------------------------------------------------------------------
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return add_noise_with_alphas(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """v = √ᾱ_t ε - √(1-ᾱ_t) x_0 (Salimans & Ho 2022)."""
-        ab = self.alphas_cumprod.to(device=sample.device, dtype=sample.dtype)
-        ab_t = ab.index_select(0, torch.as_tensor(timesteps, device=sample.device).long().flatten())
-        return broadcast_to_sample(ab_t**0.5, sample) * noise - broadcast_to_sample((1 - ab_t) ** 0.5, sample) * sample

@@ -22,12 +22,9 @@ from .base import (
     KARRAS_COMPATIBLES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
-    add_noise_with_alphas,
-    broadcast_to_sample,
+    AlphaBarSchedulerMixin,
     check_choice,
     check_num_inference_steps,
-    make_betas,
     spaced_timesteps,
     threshold_sample,
 )
@@ -42,7 +39,7 @@ class DDPMSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class DDPMScheduler(SchedulerMixin):
+class DDPMScheduler(AlphaBarSchedulerMixin):
     """Ancestral DDPM sampling.
 
     Example:
@@ -78,10 +75,7 @@ class DDPMScheduler(SchedulerMixin):
         check_choice("variance_type", variance_type, VARIANCE_TYPES, name)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES, name)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                rescale_betas_zero_snr)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_betas(rescale_betas_zero_snr)
         self.init_noise_sigma = 1.0
         self.custom_timesteps = False
         self.num_inference_steps = None
@@ -232,14 +226,3 @@ class DDPMScheduler(SchedulerMixin):
 
     def _fused_finish(self):
         """DDPM locates each step by its timestep; the host counter moved in `_draws_noise_at`."""
-
-    # ---- training-time helpers -------------------------------------------------------------------
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return add_noise_with_alphas(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """v = √ᾱ_t ε - √(1-ᾱ_t) x_0 (Salimans & Ho 2022)."""
-        ab = self.alphas_cumprod.to(device=sample.device, dtype=sample.dtype)
-        ab_t = ab.index_select(0, torch.as_tensor(timesteps, device=sample.device).long().flatten())
-        return broadcast_to_sample(ab_t**0.5, sample) * noise - broadcast_to_sample((1 - ab_t) ** 0.5, sample) * sample

@@ -25,11 +25,9 @@ from .base import (
     CLASSIC_BETA_SCHEDULES,
     KARRAS_COMPATIBLES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
-    add_noise_with_sigmas,
+    SigmaSchedulerMixin,
     check_choice,
     check_num_inference_steps,
-    make_betas,
     predict_x0_from_sigma,
     refuse_custom_schedule,
     sigma_timesteps,
@@ -47,7 +45,7 @@ class EulerAncestralDiscreteSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class EulerAncestralDiscreteScheduler(SchedulerMixin):
+class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
     """Ancestral Euler sampling in σ (stochastic: one draw per step).
 
     Example:
@@ -79,24 +77,12 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         # diffusers accepts "sample" here and fails at the first step ("not implemented yet"): refused early
         check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"), name)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                rescale_betas_zero_snr, allowed=CLASSIC_BETA_SCHEDULES)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if rescale_betas_zero_snr:  # keeps σ_T finite, as diffusers
-            self.alphas_cumprod[-1] = 2**-24
+        self._set_betas(rescale_betas_zero_snr, CLASSIC_BETA_SCHEDULES, sigma_space=True)
         self.num_inference_steps = None
         self.is_scale_input_called = False
         sigmas = np.concatenate([vp_sigmas(self.alphas_cumprod)[::-1], [0.0]]).astype(np.float32)
         timesteps = np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=float)[::-1].copy()
         self._set_tables(torch.from_numpy(timesteps), torch.from_numpy(sigmas), None)
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """σ_max; √(σ_max² + 1) for "leading" spacing, as diffusers."""
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return self.sigmas.max()
-        return (self.sigmas.max() ** 2 + 1) ** 0.5
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None, **custom):
         """σ at the spaced timesteps (σ_N = 0 appended) and the σ_up / σ_down tables."""
@@ -119,13 +105,6 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         self.timesteps, self.sigmas = timesteps.to(device), sigmas.to(device)
         self._sigma_up, self._sigma_down = sigma_up.to(device), sigma_down.to(device)
         self._reset_step_state()
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """x / √(σ² + 1)."""
-        self._init_step_index(timestep)
-        sigma = self._at(self.sigmas)
-        self.is_scale_input_called = True
-        return sample / (sigma**2 + 1) ** 0.5
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True,
@@ -171,7 +150,3 @@ class EulerAncestralDiscreteScheduler(SchedulerMixin):
         self._init_step_index(timestep)
         noise = draw_noise(sample, model_output, generator, variance_noise)  # every step draws, as step()
         return FusedLaunch(self._fused_table(), self._step, noise=noise)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x_0 + σ_t ε."""
-        return add_noise_with_sigmas(self, original_samples, noise, timesteps)

@@ -27,14 +27,12 @@ from .base import (
     CLASSIC_BETA_SCHEDULES,
     KARRAS_COMPATIBLES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
-    add_noise_with_sigmas,
+    SigmaSchedulerMixin,
     broadcast_to_sample,
     check_choice,
     check_num_inference_steps,
     check_sigma_options,
     convert_sigmas,
-    make_betas,
     predict_x0_from_sigma,
     sigma_timesteps,
     sigma_to_t,
@@ -59,7 +57,7 @@ def check_integer_timestep(timestep, owner: str):
                          "is not supported. Make sure to pass one of the `scheduler.timesteps` as a timestep.")
 
 
-class EulerDiscreteScheduler(SchedulerMixin):
+class EulerDiscreteScheduler(SigmaSchedulerMixin):
     """Euler sampling in σ (Karras et al. 2022, Algorithm 2).
 
     Example:
@@ -101,12 +99,7 @@ class EulerDiscreteScheduler(SchedulerMixin):
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
         check_choice("timestep_type", timestep_type, ("discrete", "continuous"), name)
         check_choice("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"), name)
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                rescale_betas_zero_snr, allowed=CLASSIC_BETA_SCHEDULES)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if rescale_betas_zero_snr:  # σ_T would be infinite; diffusers keeps it finite this way
-            self.alphas_cumprod[-1] = 2**-24
+        self._set_betas(rescale_betas_zero_snr, CLASSIC_BETA_SCHEDULES, sigma_space=True)
         self.use_karras_sigmas = use_karras_sigmas
         self.use_exponential_sigmas = use_exponential_sigmas
         self.use_beta_sigmas = use_beta_sigmas
@@ -115,13 +108,6 @@ class EulerDiscreteScheduler(SchedulerMixin):
         sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).flip(0)
         timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].copy()).float()
         self._set_tables(timesteps, torch.cat([sigmas, sigmas.new_zeros(1)]), None)
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """σ_max (x_T ~ N(0, σ_max²)); √(σ_max² + 1) for "leading" spacing, as diffusers."""
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return self.sigmas.max()
-        return (self.sigmas.max() ** 2 + 1) ** 0.5
 
     # ---- schedule ----------------------------------------------------------------------------------
 
@@ -189,13 +175,6 @@ class EulerDiscreteScheduler(SchedulerMixin):
         self._sigmas_host = sigmas.numpy()
         self.timesteps, self.sigmas = timesteps.to(device), sigmas.to(device)
         self._reset_step_state()
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """x / √(σ² + 1): the model was trained on unit-variance inputs."""
-        self._init_step_index(timestep)
-        sigma = self._at(self.sigmas)
-        self.is_scale_input_called = True
-        return sample / (sigma**2 + 1) ** 0.5
 
     # ---- the update ---------------------------------------------------------------------------------
 
@@ -272,10 +251,6 @@ class EulerDiscreteScheduler(SchedulerMixin):
         return FusedLaunch(self._fused_table(s_churn, s_tmin, s_tmax, s_noise), self._step, noise=noise)
 
     # ---- training-time helpers -------------------------------------------------------------------
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x_0 + σ_t ε."""
-        return add_noise_with_sigmas(self, original_samples, noise, timesteps)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """v = √ᾱ ε - √(1-ᾱ) x_0, ᾱ taken at the *step index* of each timestep (diffusers' indexing)."""

@@ -29,13 +29,11 @@ from .base import (
     KARRAS_COMPATIBLES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
-    add_noise_with_sigmas,
+    SigmaSchedulerMixin,
     check_choice,
     check_num_inference_steps,
     check_sigma_options,
     interpolated_sigmas,
-    make_betas,
     predict_x0_from_sigma,
     refuse_custom_schedule,
 )
@@ -53,7 +51,7 @@ def interleave(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([values[:1], values[1:].repeat_interleave(2)])
 
 
-class HeunDiscreteScheduler(SchedulerMixin):
+class HeunDiscreteScheduler(SigmaSchedulerMixin):
     """Heun's second-order sampling in σ (2N-1 model calls for N steps).
 
     Example:
@@ -88,19 +86,9 @@ class HeunDiscreteScheduler(SchedulerMixin):
         check_sigma_options(self.config, name)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES, name)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                allowed=CLASSIC_BETA_SCHEDULES + ("exp",))
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_betas(allowed=CLASSIC_BETA_SCHEDULES + ("exp",))
         self.use_karras_sigmas = use_karras_sigmas
         self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """σ_max; √(σ_max² + 1) for "leading" spacing, as diffusers."""
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return self.sigmas.max()
-        return (self.sigmas.max() ** 2 + 1) ** 0.5
 
     @property
     def state_in_first_order(self) -> bool:
@@ -153,12 +141,6 @@ class HeunDiscreteScheduler(SchedulerMixin):
         self._sigma_in = sigmas[step].to(device)
         self._dt = dt[torch.where(first, step, step - 1)].to(device)
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """x / √(σ² + 1) at the call's σ."""
-        self._init_step_index(timestep)
-        sigma = self._at(self.sigmas)
-        return sample / (sigma**2 + 1) ** 0.5
-
     # ---- the update ---------------------------------------------------------------------------------
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
@@ -210,7 +192,3 @@ class HeunDiscreteScheduler(SchedulerMixin):
         d_first, x_first = self._state
         return FusedLaunch(self._fused_table(), self._step, history=d_first.unsqueeze(0), stash=x_first,
                            clamp=self.config.clip_sample, read_oldest=True)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x_0 + σ_t ε."""
-        return add_noise_with_sigmas(self, original_samples, noise, timesteps)

@@ -27,12 +27,11 @@ from .base import (
     KARRAS_COMPATIBLES,
     TIMESTEP_SPACINGS,
     SchedulerMixin,
-    add_noise_with_sigmas,
+    SigmaSchedulerMixin,
     check_choice,
     check_num_inference_steps,
     check_sigma_options,
     interpolated_sigmas,
-    make_betas,
     predict_x0_from_sigma,
     refuse_custom_schedule,
 )
@@ -72,7 +71,7 @@ def interleave_timesteps(timesteps: torch.Tensor, mid_timesteps: torch.Tensor) -
     return torch.cat([timesteps[:1], torch.stack((mid_timesteps, timesteps[1:]), dim=-1).flatten()])
 
 
-class KDPM2DiscreteScheduler(SchedulerMixin):
+class KDPM2DiscreteScheduler(SigmaSchedulerMixin):
     """DPM-Solver-2 in σ (2N-1 model calls for N steps).
 
     Example:
@@ -106,18 +105,8 @@ class KDPM2DiscreteScheduler(SchedulerMixin):
         # diffusers accepts "sample" and fails at the first step ("not implemented yet"): refused early
         check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"), name)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                allowed=CLASSIC_BETA_SCHEDULES)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_betas(allowed=CLASSIC_BETA_SCHEDULES)
         self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """σ_max; √(σ_max² + 1) for "leading" spacing, as diffusers."""
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return self.sigmas.max()
-        return (self.sigmas.max() ** 2 + 1) ** 0.5
 
     @property
     def state_in_first_order(self) -> bool:
@@ -202,6 +191,3 @@ class KDPM2DiscreteScheduler(SchedulerMixin):
             self._stashed_sample = torch.zeros_like(sample)  # from here on updated in place
         return FusedLaunch(self._fused_table(), self._step, stash=self._stashed_sample)
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x_0 + σ_t ε."""
-        return add_noise_with_sigmas(self, original_samples, noise, timesteps)

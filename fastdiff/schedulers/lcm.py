@@ -28,11 +28,8 @@ from ..outputs import BaseOutput
 from .base import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
-    add_noise_with_alphas,
-    broadcast_to_sample,
+    AlphaBarSchedulerMixin,
     check_choice,
-    make_betas,
     threshold_sample,
 )
 from .fused import FusedLaunch, draw_noise, fused_table, prediction_weights, rows
@@ -49,7 +46,7 @@ class LCMSchedulerOutput(BaseOutput):
     denoised: torch.Tensor | None = None
 
 
-class LCMScheduler(SchedulerMixin):
+class LCMScheduler(AlphaBarSchedulerMixin):
     """Multistep latent-consistency sampling (1-8 steps typically), with img2img `strength` and custom timesteps.
 
     Example:
@@ -87,10 +84,7 @@ class LCMScheduler(SchedulerMixin):
             check_choice("beta_schedule", beta_schedule, LCM_BETA_SCHEDULES, name)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES, name)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)  # recorded; LCM does not use it
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                rescale_betas_zero_snr)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_betas(rescale_betas_zero_snr)
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
@@ -267,17 +261,6 @@ class LCMScheduler(SchedulerMixin):
         denoised = torch.empty(sample.shape, dtype=dtype, device=sample.device)
         return FusedLaunch(self._fused_table(), self._step, noise=noise, denoised=denoised,
                            clamp=self.config.clip_sample)
-
-    # ---- training-time helpers ------------------------------------------------------------------------
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return add_noise_with_alphas(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """v = √ᾱ_t ε − √(1-ᾱ_t) x_0 (Salimans & Ho 2022)."""
-        ab = self.alphas_cumprod.to(device=sample.device, dtype=sample.dtype)
-        ab_t = ab.index_select(0, torch.as_tensor(timesteps, device=sample.device).long().flatten())
-        return broadcast_to_sample(ab_t**0.5, sample) * noise - broadcast_to_sample((1 - ab_t) ** 0.5, sample) * sample
 
     def previous_timestep(self, timestep) -> torch.Tensor:
         """t' = the timestep after `timestep` in the schedule (-1 after the last), on the device."""

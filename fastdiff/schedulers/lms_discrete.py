@@ -29,14 +29,12 @@ from .base import (
     KARRAS_COMPATIBLES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
-    SchedulerMixin,
-    add_noise_with_sigmas,
+    SigmaSchedulerMixin,
     broadcast_to_sample,
     check_choice,
     check_num_inference_steps,
     check_sigma_options,
     interpolated_sigmas,
-    make_betas,
     predict_x0_from_sigma,
     refuse_custom_schedule,
 )
@@ -70,7 +68,7 @@ def lms_coefficients(sigmas: np.ndarray, order: int) -> np.ndarray:
     return coefficients
 
 
-class LMSDiscreteScheduler(SchedulerMixin):
+class LMSDiscreteScheduler(SigmaSchedulerMixin):
     """Linear multistep sampling in σ.
 
     Example:
@@ -104,20 +102,10 @@ class LMSDiscreteScheduler(SchedulerMixin):
         check_sigma_options(self.config, name)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES, name)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                allowed=CLASSIC_BETA_SCHEDULES)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_betas(allowed=CLASSIC_BETA_SCHEDULES)
         self.use_karras_sigmas = use_karras_sigmas
         self.is_scale_input_called = False
         self.set_timesteps(num_train_timesteps)
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """σ_max (x_T ~ N(0, σ_max²)); √(σ_max² + 1) for "leading" spacing, as diffusers."""
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return self.sigmas.max()
-        return (self.sigmas.max() ** 2 + 1) ** 0.5
 
     # ---- schedule ----------------------------------------------------------------------------------
 
@@ -146,13 +134,6 @@ class LMSDiscreteScheduler(SchedulerMixin):
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
         """c[t, current_order] for a multistep of `order` (diffusers' public helper), in float64."""
         return float(lms_coefficients(self._sigmas_host[: t + 2], order)[t, current_order])
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """x / √(σ² + 1): the model was trained on unit-variance inputs."""
-        self._init_step_index(timestep)
-        sigma = self._at(self.sigmas)
-        self.is_scale_input_called = True
-        return sample / (sigma**2 + 1) ** 0.5
 
     # ---- the update ---------------------------------------------------------------------------------
 
@@ -212,7 +193,3 @@ class LMSDiscreteScheduler(SchedulerMixin):
         dtype = torch.promote_types(sample.dtype, model_output.dtype)  # the derivative's dtype in step()
         self._derivatives = self._derivative_buffer(order, sample.shape, dtype, sample.device)  # shifted in place
         return FusedLaunch(self._fused_table(order), self._step, history=self._derivatives)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = x_0 + σ_t ε."""
-        return add_noise_with_sigmas(self, original_samples, noise, timesteps)

@@ -39,7 +39,6 @@ from .base import (
     add_noise_with_alphas,
     check_choice,
     check_num_inference_steps,
-    make_betas,
     refuse_custom_schedule,
 )
 from .fused import FusedLaunch, f64, fused_table, rows
@@ -83,10 +82,7 @@ class PNDMScheduler(SchedulerMixin):
         name = type(self).__name__
         check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"), name)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
-        self.betas = make_betas(name, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                allowed=CLASSIC_BETA_SCHEDULES)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._set_betas(allowed=CLASSIC_BETA_SCHEDULES)
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
