@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,26 @@ def _version(package: str) -> str | None:
         return None
 
 
+def source_revision() -> str | None:
+    """The commit measured, "+local changes" when fastdiff's sources differ from it (others' work in progress)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fastdiff", "kernels"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + (" +local changes" if dirty else "")
+
+
 def environment(device: str) -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
+        "revision": source_revision(),
         "load_average_1m": load[0] if load else None,
         "versions": {p: _version(p) for p in ("torch", "triton", "diffusers", "fastdiff", "transformers")}
         | {"python": platform.python_version()},
@@ -68,7 +83,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['steps']} steps ({steps} UNet calls) · scheduler {cfg['scheduler'] or 'preset default'} · "
         f"{cfg['runs']} timed runs per system, alternating",
         "",
-        f"{env['date']} · {env['device']} · {env['torch_threads']} torch threads · load average "
+        f"{env['date']} · fastdiff {env.get('revision') or '?'} · {env['device']} · {env['torch_threads']} torch "
+        f"threads · load average "
         f"{_fmt(env['load_average_1m'], '.2f')} → {_fmt(result.get('load_average_1m_after'), '.2f')} · {versions}",
         "",
         "| system | end-to-end s (median / p90) | time / diffusers' | loop ms/step (median / p90) | host overhead "
