@@ -36,7 +36,7 @@ from .base import (
     refuse_custom_schedule,
 )
 from .heun_discrete import interleave
-from .fused import FusedLaunch, derivative_columns, f64, fused_table, rows
+from .fused import FusedLaunch, derivative_columns, draw_noise, f64, fused_table, rows
 
 
 @dataclass
@@ -71,7 +71,105 @@ def interleave_timesteps(timesteps: torch.Tensor, mid_timesteps: torch.Tensor) -
     return torch.cat([timesteps[:1], torch.stack((mid_timesteps, timesteps[1:]), dim=-1).flatten()])
 
 
-class KDPM2DiscreteScheduler(SigmaSchedulerMixin):
+class KDPM2Mixin(SigmaSchedulerMixin):
+    """What KDPM2 and KDPM2 ancestral share: construction, the schedule's σ_i, the per-call stage tables
+    (stage, σ_in, dt; σ_up for the ancestral sampler) and the two-stage update
+
+        x_next = [x  |  x_i] + dt · (x - x̂_0(x, σ_in)) / σ_in.
+
+    Each class's `_stage_sigmas` gives, per step i, the midpoint σ_mid,i and the end σ_target,i of stage 2
+    (and sets diffusers' public interleaved tables).
+    """
+
+    _compatibles = KARRAS_COMPATIBLES
+    order = 2
+    _noise_scale = None  # the ancestral sampler's per-call σ_up table
+
+    def _init_schedule(self):
+        """Construction: the config checks, β/ᾱ, and the schedule over all training timesteps, as diffusers."""
+        cfg, name = self.config, type(self).__name__
+        check_sigma_options(cfg, name)
+        # diffusers accepts "sample" and fails at the first step ("not implemented yet"): refused early
+        check_choice("prediction_type", cfg.prediction_type, ("epsilon", "v_prediction"), name)
+        check_choice("timestep_spacing", cfg.timestep_spacing, TIMESTEP_SPACINGS, name)
+        self._set_betas(allowed=CLASSIC_BETA_SCHEDULES)
+        self.set_timesteps(cfg.num_train_timesteps, None, cfg.num_train_timesteps)
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """Whether the next call is stage 1 (host view: the call count's parity)."""
+        return self._host_step % 2 == 0
+
+    @property
+    def _input_sigmas(self) -> torch.Tensor:
+        return self._sigma_in  # σ_i at stage 1, σ_mid at stage 2
+
+    # ---- schedule ----------------------------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None,
+                      num_train_timesteps: int | None = None, **custom):
+        """σ_i and the stage-2 σ (diffusers' interleaved layout), and the per-call stage tables."""
+        name = type(self).__name__
+        refuse_custom_schedule(name, **custom)
+        check_num_inference_steps(num_inference_steps, num_train_timesteps or self.config.num_train_timesteps, name)
+        self.num_inference_steps = num_inference_steps
+        sigmas, timesteps, log_sigmas = kdpm2_sigmas_and_timesteps(self, num_inference_steps, num_train_timesteps)
+        self.log_sigmas = torch.from_numpy(log_sigmas).to(device)
+        sigma_mid, sigma_target, sigma_up = self._stage_sigmas(sigmas, timesteps, log_sigmas, device)
+        self._write_stage_tables(sigmas, sigma_mid, sigma_target, sigma_up, device)
+        self._reset_step_state()
+        self._stashed_sample = None
+
+    def _write_stage_tables(self, sigmas, sigma_mid, sigma_target, sigma_up, device):
+        """Per call c: stage 1 of step i = c/2 at even c (σ_i -> σ_mid,i), stage 2 of step i = (c-1)/2 at odd c
+        (from x_i to σ_target,i, read at σ_mid,i; plus σ_up,i z when `sigma_up` is given)."""
+        calls = 2 * (len(sigmas) - 1) - 1
+        c = torch.arange(calls)
+        first = c % 2 == 0
+        i = c // 2
+        self._first_stage = first.to(device)
+        self._sigma_in = torch.where(first, sigmas[i], sigma_mid[i]).to(device)  # σ the model output is read at
+        self._dt = torch.where(first, sigma_mid[i] - sigmas[i], sigma_target[i] - sigmas[i]).to(device)
+        if sigma_up is not None:
+            self._noise_scale = torch.where(first, torch.zeros(()), sigma_up[i]).to(device)  # σ_up at stage 2
+
+    # ---- the update ---------------------------------------------------------------------------------
+
+    def _stage_update(self, model_output: torch.Tensor, sample: torch.Tensor):
+        """(x_next, x̂_0) of this call by its row: stage 1 from x, stage 2 from the stashed x_i."""
+        sigma_in, first = self._at(self._sigma_in), self._at(self._first_stage)
+        x0 = predict_x0_from_sigma(self.config.prediction_type, model_output, sample, sigma_in)
+        derivative = (sample - x0) / sigma_in
+        x_i = sample if self._stashed_sample is None else self._stashed_sample
+        origin = torch.where(first, sample, x_i)
+        self._stashed_sample = origin
+        return origin + derivative * self._at(self._dt), x0
+
+    # ---- the fused step (fused.py) ----------------------------------------------------------------------
+
+    def _fused_table(self) -> torch.Tensor:
+        """Per call: D = (x − x̂_0)/σ_in; S = x at stage 1, the stashed x_i at stage 2 (stashed either way);
+        x' = S + dt D (+ σ_up z at stage 2 of the ancestral sampler)."""
+        def build():
+            first, dt = f64(self._first_stage), self._dt
+            derivative = derivative_columns(self.config.prediction_type, self._sigma_in)
+            noise = {} if self._noise_scale is None else {"XZ": self._noise_scale}
+            return fused_table(rows(len(dt), dt.device, **derivative, SX=first, SS=1 - first, XS=1, XD=dt,
+                                    **noise, STASH=1))
+
+        return self._fused_table_cached((), build)
+
+    def _fused_launch(self, model_output, timestep, sample, generator=None, variance_noise=None) -> FusedLaunch:
+        self._init_step_index(timestep)
+        if self._stashed_sample is None:
+            self._stashed_sample = torch.zeros_like(sample)  # from here on updated in place
+        noise = None
+        if self._noise_scale is not None and self._host_step % 2 == 1:  # host decision: stage 2 draws, as step()
+            noise = draw_noise(sample, model_output, generator, variance_noise)
+        return FusedLaunch(self._fused_table(), self._step, noise=noise, stash=self._stashed_sample)
+
+
+class KDPM2DiscreteScheduler(KDPM2Mixin):
     """DPM-Solver-2 in σ (2N-1 model calls for N steps).
 
     Example:
@@ -81,9 +179,6 @@ class KDPM2DiscreteScheduler(SigmaSchedulerMixin):
         >>> for t in scheduler.timesteps:
         ...     x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
     """
-
-    _compatibles = KARRAS_COMPATIBLES
-    order = 2
 
     @register_to_config
     def __init__(
@@ -100,94 +195,27 @@ class KDPM2DiscreteScheduler(SigmaSchedulerMixin):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
     ):
-        name = type(self).__name__
-        check_sigma_options(self.config, name)
-        # diffusers accepts "sample" and fails at the first step ("not implemented yet"): refused early
-        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"), name)
-        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, name)
-        self._set_betas(allowed=CLASSIC_BETA_SCHEDULES)
-        self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
+        self._init_schedule()
 
-    @property
-    def state_in_first_order(self) -> bool:
-        """Whether the next call is stage 1 (host view: the call count's parity)."""
-        return self._host_step % 2 == 0
-
-    # ---- schedule ----------------------------------------------------------------------------------
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None,
-                      num_train_timesteps: int | None = None, **custom):
-        """σ_i and the log-midpoints σ_mid, interleaved per call, and the per-call stage tables."""
-        name = type(self).__name__
-        refuse_custom_schedule(name, **custom)
-        check_num_inference_steps(num_inference_steps, num_train_timesteps or self.config.num_train_timesteps, name)
-        self.num_inference_steps = num_inference_steps
-        sigmas, timesteps, log_sigmas = kdpm2_sigmas_and_timesteps(self, num_inference_steps, num_train_timesteps)
-        self.log_sigmas = torch.from_numpy(log_sigmas).to(device)
-        # σ_mid,i = exp(lerp(ln σ_i, ln σ_{i-1}, ½)); entry 0 is unused (NaN/0 from the wrap-around)
+    def _stage_sigmas(self, sigmas: torch.Tensor, timesteps: torch.Tensor, log_sigmas: np.ndarray, device):
+        """σ_mid,i = exp(½ (ln σ_i + ln σ_{i+1})); stage 2 ends at σ_{i+1}."""
+        # entry j is the midpoint of σ_{j-1}, σ_j; entry 0 is unused (NaN/0 from the wrap-around)
         sigmas_mid = sigmas.log().lerp(sigmas.roll(1).log(), 0.5).exp()
         mid_timesteps = midpoint_timesteps(sigmas_mid, log_sigmas).to(timesteps.dtype)
         self.sigmas = torch.cat([interleave(sigmas), sigmas[-1:]]).to(device)  # diffusers' layout, 2N+2 entries
         self.sigmas_interpol = torch.cat([interleave(sigmas_mid), sigmas_mid[-1:]]).to(device)
         self.timesteps = interleave_timesteps(timesteps, mid_timesteps[1:-1]).to(device)
-        self._write_stage_tables(sigmas, sigmas_mid, device)
-        self._reset_step_state()
-        self._stashed_sample = None
-
-    def _write_stage_tables(self, sigmas: torch.Tensor, sigmas_mid: torch.Tensor, device):
-        """Per call c: stage 1 at even c (step i = c/2), stage 2 at odd c (step i = (c-1)/2)."""
-        calls = 2 * (len(sigmas) - 1) - 1
-        c = torch.arange(calls)
-        first = c % 2 == 0
-        i = c // 2
-        sigma_i, sigma_mid, sigma_next = sigmas[i], sigmas_mid[i + 1], sigmas[i + 1]
-        self._first_stage = first.to(device)
-        self._sigma_in = torch.where(first, sigma_i, sigma_mid).to(device)  # σ the model output is read at
-        self._dt = torch.where(first, sigma_mid - sigma_i, sigma_next - sigma_i).to(device)
-        self._input_sigma = self._sigma_in  # scale_model_input uses the same σ
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """x / √(σ_in² + 1) with the call's σ (σ_i at stage 1, σ_mid at stage 2)."""
-        self._init_step_index(timestep)
-        sigma = self._at(self._input_sigma)
-        return sample / (sigma**2 + 1) ** 0.5
-
-    # ---- the update ---------------------------------------------------------------------------------
+        return sigmas_mid[1:], sigmas[1:], None
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
              return_dict: bool = True):
         """Stage 1 (to the midpoint) or stage 2 (the full step from the stashed x_i), by the call's row."""
         self._init_step_index(timestep)
-        sigma_in, first = self._at(self._sigma_in), self._at(self._first_stage)
-        x0 = predict_x0_from_sigma(self.config.prediction_type, model_output, sample, sigma_in)
-        derivative = (sample - x0) / sigma_in
-        x_i = sample if self._stashed_sample is None else self._stashed_sample
-        origin = torch.where(first, sample, x_i)
-        prev_sample = origin + derivative * self._at(self._dt)
-        self._stashed_sample = origin
+        prev_sample, x0 = self._stage_update(model_output, sample)
         self._advance()
         if not return_dict:
             return (prev_sample, x0)
         return KDPM2DiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
-    # ---- the fused step (fused.py) ----------------------------------------------------------------------
-
     def supports_fused_step(self, **step_kwargs) -> bool:
         return not step_kwargs
-
-    def _fused_table(self) -> torch.Tensor:
-        """Per call: D = (x − x̂_0)/σ_in; S = x at stage 1, the stashed x_i at stage 2 (stashed either way);
-        x' = S + dt D."""
-        def build():
-            first, dt = f64(self._first_stage), self._dt
-            derivative = derivative_columns(self.config.prediction_type, self._sigma_in)
-            return fused_table(rows(len(dt), dt.device, **derivative, SX=first, SS=1 - first, XS=1, XD=dt, STASH=1))
-
-        return self._fused_table_cached((), build)
-
-    def _fused_launch(self, model_output, timestep, sample) -> FusedLaunch:
-        self._init_step_index(timestep)
-        if self._stashed_sample is None:
-            self._stashed_sample = torch.zeros_like(sample)  # from here on updated in place
-        return FusedLaunch(self._fused_table(), self._step, stash=self._stashed_sample)
-
