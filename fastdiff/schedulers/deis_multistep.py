@@ -23,7 +23,7 @@ import torch
 
 from ..configuration import register_to_config
 from .base import SchedulerOutput
-from .dpmsolver_multistep import ExponentialIntegratorMixin, accept_deprecated, dpm_timesteps, mask_unreachable
+from .dpmsolver_multistep import ExponentialIntegratorMixin, dpm_timesteps, mask_unreachable
 from .fused import FusedLaunch, f64, fused_table, rows
 
 
@@ -82,13 +82,8 @@ class DEISMultistepScheduler(ExponentialIntegratorMixin):
         use_dynamic_shifting: bool = False,
         time_shift_type: Literal["exponential"] = "exponential",
     ):
-        name = type(self).__name__
-        algorithm_type = accept_deprecated("algorithm_type", algorithm_type, ("deis",),
-                                           dict.fromkeys(("dpmsolver", "dpmsolver++"), "deis"), name)
-        solver_type = accept_deprecated("solver_type", solver_type, ("logrho",),
-                                        dict.fromkeys(("midpoint", "heun", "bh1", "bh2"), "logrho"), name)
-        self.register_to_config(algorithm_type=algorithm_type, solver_type=solver_type)
-        self._check_common_config()
+        self._check_common_config(algorithm_type=(("deis",), dict.fromkeys(("dpmsolver", "dpmsolver++"), "deis")),
+                                  solver_type=(("logrho",), dict.fromkeys(("midpoint", "heun", "bh1", "bh2"), "logrho")))
         self._init_noise_schedule()
 
     # ---- schedule -------------------------------------------------------------------------------------
@@ -96,8 +91,7 @@ class DEISMultistepScheduler(ExponentialIntegratorMixin):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device = None, mu: float | None = None):
         """Timesteps by `timestep_spacing`, σ_i (Karras-style spacings end on their own last σ), coefficients."""
         cfg = self.config
-        if mu is not None and not cfg.use_dynamic_shifting:
-            raise ValueError("`mu` is only used with `use_dynamic_shifting=True` (flow matching schedules).")
+        self._refuse_mu(mu)
         self._check_step_count(num_inference_steps)
         timesteps = dpm_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, num_inference_steps, cfg.steps_offset)
         sigmas, timesteps = self._inference_sigmas(timesteps, num_inference_steps)

@@ -32,6 +32,7 @@ import torch
 from ..configuration import register_to_config
 from ..noise import randn_tensor
 from .base import (
+    CLASSIC_BETA_SCHEDULES,
     KARRAS_COMPATIBLES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
@@ -42,7 +43,6 @@ from .base import (
     check_num_inference_steps,
     check_sigma_options,
     convert_sigmas,
-    make_betas,
     sigma_to_t,
     step_indices_for,
     threshold_sample,
@@ -50,7 +50,6 @@ from .base import (
 )
 from .fused import FusedLaunch, f64, fused_table, prediction_weights, rows
 
-DPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 
 
@@ -130,8 +129,14 @@ class ExponentialIntegratorMixin(SchedulerMixin):
 
     # ---- construction -----------------------------------------------------------------------------
 
-    def _check_common_config(self):
-        cfg, name = self.config, type(self).__name__
+    def _check_common_config(self, **renames):
+        """The family's config checks, after renaming the option values diffusers takes over from sibling
+        schedulers (key=(allowed values, {old: new}), e.g. DEIS's solver_type "logrho" -> "midpoint" here);
+        the renamed values are written back to the config, as diffusers does."""
+        name = type(self).__name__
+        self.register_to_config(**{key: accept_deprecated(key, self.config[key], allowed, old_to_new, name)
+                                   for key, (allowed, old_to_new) in renames.items()})
+        cfg = self.config
         check_choice("prediction_type", cfg.prediction_type, PREDICTION_TYPES + ("flow_prediction",), name)
         if "timestep_spacing" in cfg:
             check_choice("timestep_spacing", cfg.timestep_spacing, TIMESTEP_SPACINGS, name)
@@ -148,16 +153,9 @@ class ExponentialIntegratorMixin(SchedulerMixin):
 
     def _init_noise_schedule(self):
         """β, ᾱ and the training-time α_t, σ_t, λ_t, σ (diffusers' attributes of the same names)."""
-        cfg, name = self.config, type(self).__name__
-        if cfg.trained_betas is None:
-            check_choice("beta_schedule", cfg.beta_schedule, DPM_BETA_SCHEDULES, name)
-        rescale = cfg.get("rescale_betas_zero_snr", False)
-        self.betas = make_betas(name, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule,
-                                cfg.trained_betas, rescale)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if rescale:
-            self.alphas_cumprod[-1] = 2**-24  # ᾱ_T = 0 would make λ_T = -∞; diffusers keeps it tiny
+        cfg = self.config
+        # a zero-SNR rescale keeps ᾱ_T = 2^-24, not 0 (λ_T = -∞)
+        self._set_betas(cfg.get("rescale_betas_zero_snr", False), CLASSIC_BETA_SCHEDULES, sigma_space=True)
         self.alpha_t = torch.sqrt(self.alphas_cumprod)
         self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
         self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
@@ -177,6 +175,10 @@ class ExponentialIntegratorMixin(SchedulerMixin):
 
     def _check_step_count(self, num_inference_steps):
         check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps, type(self).__name__)
+
+    def _refuse_mu(self, mu):
+        if mu is not None and not self.config.use_dynamic_shifting:
+            raise ValueError("`mu` is only used with `use_dynamic_shifting=True` (flow matching schedules).")
 
     def _clipped_last_timestep(self) -> int:
         """Timesteps with λ_t < lambda_min_clipped are never visited (cosine schedule stability)."""
@@ -388,6 +390,15 @@ def check_final_sigmas(algorithm_type: str, final_sigmas_type: str):
                          f"{algorithm_type}. Please choose `sigma_min` instead.")
 
 
+def check_dpm_solver_config(scheduler: ExponentialIntegratorMixin, algorithm_types):
+    """DPM-Solver multistep and singlestep: DEIS's and UniPC's option names renamed, the family's checks, and a
+    final σ = 0 only for the data-prediction form (judged on algorithm_type as given, as diffusers)."""
+    given = scheduler.config.algorithm_type
+    scheduler._check_common_config(algorithm_type=(algorithm_types, {"deis": "dpmsolver++"}),
+                                   solver_type=(SOLVER_TYPES, dict.fromkeys(("logrho", "bh1", "bh2"), "midpoint")))
+    check_final_sigmas(given, scheduler.config.final_sigmas_type)
+
+
 class DPMSolverMultistepScheduler(ExponentialIntegratorMixin):
     """DPM-Solver / DPM-Solver++ multistep sampling (orders 1-3, midpoint or Heun second order, SDE variants).
 
@@ -430,17 +441,10 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorMixin):
         use_dynamic_shifting: bool = False,
         time_shift_type: Literal["exponential"] = "exponential",
     ):
-        name = type(self).__name__
-        given_algorithm = algorithm_type
-        algorithm_type = accept_deprecated("algorithm_type", algorithm_type, ALGORITHM_TYPES, {"deis": "dpmsolver++"}, name)
-        solver_type = accept_deprecated("solver_type", solver_type, SOLVER_TYPES,
-                                        dict.fromkeys(("logrho", "bh1", "bh2"), "midpoint"), name)
-        self.register_to_config(algorithm_type=algorithm_type, solver_type=solver_type)
-        self._check_common_config()
-        check_final_sigmas(given_algorithm, final_sigmas_type)
-        if algorithm_type == "sde-dpmsolver" and solver_order == 3:
-            raise ValueError(f"{name}: solver_order=3 is not defined for algorithm_type='sde-dpmsolver' (diffusers "
-                             "has no third-order SDE-DPM-Solver update); use solver_order 1 or 2.")
+        check_dpm_solver_config(self, ALGORITHM_TYPES)
+        if self.config.algorithm_type == "sde-dpmsolver" and solver_order == 3:
+            raise ValueError(f"{type(self).__name__}: solver_order=3 is not defined for algorithm_type='sde-dpmsolver' "
+                             "(diffusers has no third-order SDE-DPM-Solver update); use solver_order 1 or 2.")
         self._init_noise_schedule()
 
     # ---- schedule -------------------------------------------------------------------------------------
@@ -449,8 +453,7 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorMixin):
                       mu: float | None = None, timesteps: list[int] | None = None):
         """Timesteps by `timestep_spacing` (or custom), σ_i by the configured spacing, and the step coefficients."""
         cfg = self.config
-        if mu is not None and not cfg.use_dynamic_shifting:
-            raise ValueError("`mu` is only used with `use_dynamic_shifting=True` (flow matching schedules).")
+        self._refuse_mu(mu)
         if num_inference_steps is None and timesteps is None:
             raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps`.")
         if num_inference_steps is not None and timesteps is not None:

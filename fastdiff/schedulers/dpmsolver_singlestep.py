@@ -28,8 +28,7 @@ from .base import SchedulerOutput, check_choice
 from .dpmsolver_multistep import (
     DPMSolverMultistepScheduler,
     ExponentialIntegratorMixin,
-    accept_deprecated,
-    check_final_sigmas,
+    check_dpm_solver_config,
     integrator_terms,
     mask_unreachable,
 )
@@ -38,7 +37,6 @@ from .fused import FusedLaunch, draw_noise, f64, fused_table, rows
 logger = logging.getLogger(__name__)
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++")
-SOLVER_TYPES = ("midpoint", "heun")
 
 
 class DPMSolverSinglestepScheduler(ExponentialIntegratorMixin):
@@ -78,14 +76,7 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorMixin):
         use_dynamic_shifting: bool = False,
         time_shift_type: Literal["exponential"] = "exponential",
     ):
-        name = type(self).__name__
-        given_algorithm = algorithm_type
-        algorithm_type = accept_deprecated("algorithm_type", algorithm_type, ALGORITHM_TYPES, {"deis": "dpmsolver++"}, name)
-        solver_type = accept_deprecated("solver_type", solver_type, SOLVER_TYPES,
-                                        dict.fromkeys(("logrho", "bh1", "bh2"), "midpoint"), name)
-        self.register_to_config(algorithm_type=algorithm_type, solver_type=solver_type)
-        self._check_common_config()
-        check_final_sigmas(given_algorithm, final_sigmas_type)
+        check_dpm_solver_config(self, ALGORITHM_TYPES)
         self._init_noise_schedule()
         self.order_list = self.get_order_list(num_train_timesteps)
 
@@ -113,8 +104,7 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorMixin):
                       mu: float | None = None, timesteps: list[int] | None = None):
         """Timesteps (linspace below the λ clip, or custom), σ_i, the order list and the step coefficients."""
         cfg = self.config
-        if mu is not None and not cfg.use_dynamic_shifting:
-            raise ValueError("`mu` is only used with `use_dynamic_shifting=True` (flow matching schedules).")
+        self._refuse_mu(mu)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("Must pass exactly one of  `num_inference_steps` or `timesteps`.")
         if timesteps is not None and cfg.use_karras_sigmas:

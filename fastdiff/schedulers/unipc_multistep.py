@@ -24,7 +24,7 @@ import torch
 
 from ..configuration import register_to_config
 from .base import SchedulerMixin, SchedulerOutput
-from .dpmsolver_multistep import ExponentialIntegratorMixin, accept_deprecated, dpm_timesteps, mask_unreachable
+from .dpmsolver_multistep import ExponentialIntegratorMixin, dpm_timesteps, mask_unreachable
 from .fused import FusedLaunch, f64, fused_table, rows
 
 SOLVER_TYPES = ("bh1", "bh2")
@@ -74,10 +74,7 @@ class UniPCMultistepScheduler(ExponentialIntegratorMixin):
         shift_terminal: float | None = None,
     ):
         name = type(self).__name__
-        solver_type = accept_deprecated("solver_type", solver_type, SOLVER_TYPES,
-                                        dict.fromkeys(("midpoint", "heun", "logrho"), "bh2"), name)
-        self.register_to_config(solver_type=solver_type)
-        self._check_common_config()
+        self._check_common_config(solver_type=(SOLVER_TYPES, dict.fromkeys(("midpoint", "heun", "logrho"), "bh2")))
         if shift_terminal is not None and not use_flow_sigmas:
             raise ValueError("`shift_terminal` is only supported when `use_flow_sigmas=True`.")
         if solver_p is not None:
