@@ -514,8 +514,17 @@ def step_indices_for(timesteps: torch.Tensor, schedule: torch.Tensor) -> torch.T
 
 
 class AlphaBarSchedulerMixin(SchedulerMixin):
-    """Schedulers that index ᾱ by training timestep (DDPM, DDIM, LCM): the training-time helpers."""
+    """Schedulers that index ᾱ by training timestep (DDPM, DDIM, LCM): the x̂_0 clip stage and the
+    training-time helpers."""
 
+    def _clip(self, x0: torch.Tensor) -> torch.Tensor:
+        """x̂_0 dynamically thresholded (`thresholding`) or clamped to ±clip_sample_range (`clip_sample`)."""
+        cfg = self.config
+        if cfg.thresholding:
+            return threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        if cfg.clip_sample:
+            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        return x0
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return add_noise_with_alphas(self.alphas_cumprod, original_samples, noise, timesteps)
 

@@ -31,7 +31,6 @@ from .base import (
     check_num_inference_steps,
     refuse_custom_schedule,
     spaced_timesteps,
-    threshold_sample,
 )
 from .fused import FusedLaunch, draw_noise, f64, fused_table, prediction_weights, rows
 
@@ -155,14 +154,6 @@ class DDIMScheduler(AlphaBarSchedulerMixin):
         # v = √ᾱ ε - √(1-ᾱ) x_0
         return (ab_t**0.5 * sample - (1 - ab_t) ** 0.5 * model_output,
                 ab_t**0.5 * model_output + (1 - ab_t) ** 0.5 * sample)
-
-    def _clip(self, x0):
-        cfg = self.config
-        if cfg.thresholding:
-            return threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        if cfg.clip_sample:
-            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-        return x0
 
     # ---- the fused step (fused.py) ----------------------------------------------------------------------
 

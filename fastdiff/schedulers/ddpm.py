@@ -26,7 +26,6 @@ from .base import (
     check_choice,
     check_num_inference_steps,
     spaced_timesteps,
-    threshold_sample,
 )
 from .fused import FusedLaunch, draw_noise, fused_table, prediction_weights, rows
 
@@ -175,11 +174,7 @@ class DDPMScheduler(AlphaBarSchedulerMixin):
             x0 = ab_t**0.5 * sample - (1 - ab_t) ** 0.5 * model_output
         else:
             x0 = model_output
-        if cfg.thresholding:
-            return threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        if cfg.clip_sample:
-            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-        return x0
+        return self._clip(x0)
 
     def _noise_scale(self, ab_t, ab_prev, beta_t, predicted_variance):
         """σ multiplying z ~ N(0, I), by variance type."""

@@ -30,7 +30,6 @@ from .base import (
     TIMESTEP_SPACINGS,
     AlphaBarSchedulerMixin,
     check_choice,
-    threshold_sample,
 )
 from .fused import FusedLaunch, draw_noise, fused_table, prediction_weights, rows
 
@@ -226,11 +225,7 @@ class LCMScheduler(AlphaBarSchedulerMixin):
             x0 = sqrt_ab * sample - sqrt_one_minus_ab * model_output
         else:
             x0 = model_output
-        if cfg.thresholding:
-            return threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        if cfg.clip_sample:
-            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-        return x0
+        return self._clip(x0)
 
     # ---- the fused step (fused.py) ----------------------------------------------------------------------
 
