@@ -218,11 +218,7 @@ class UNet2DConditionModel(ModelMixin):
             out = channels[i]
             cfg = BlockConfig(num_layers=per["layers_per_block"][i], in_channels=channels[max(i - 1, 0)],
                               out_channels=out, add_resample=i < len(types) - 1, downsample_padding=padding,
-                              transformer_layers=per["transformer_layers_per_block"][i],
-                              num_attention_heads=per["num_attention_heads"][i],
-                              cross_attention_dim=per["cross_attention_dim"][i],
-                              only_cross_attention=per["only_cross_attention"][i],
-                              attention_head_dim=_or(per["attention_head_dim"][i], out), **common)
+                              attention_head_dim=_or(per["attention_head_dim"][i], out), **_attention(per, i), **common)
             blocks.append(make_down_block(block_type, cfg))
         return blocks
 
@@ -244,11 +240,7 @@ class UNet2DConditionModel(ModelMixin):
             out = rev[i]
             cfg = BlockConfig(num_layers=rper["layers_per_block"][i] + 1, in_channels=rev[min(i + 1, len(rev) - 1)],
                               out_channels=out, prev_output_channel=rev[max(i - 1, 0)],
-                              add_resample=i < len(types) - 1,
-                              transformer_layers=rper["transformer_layers_per_block"][i],
-                              num_attention_heads=rper["num_attention_heads"][i],
-                              cross_attention_dim=rper["cross_attention_dim"][i],
-                              only_cross_attention=rper["only_cross_attention"][i],
+                              add_resample=i < len(types) - 1, **_attention(rper, i),
                               # Diffusers indexes attention_head_dim without reversing it here.
                               attention_head_dim=_or(per["attention_head_dim"][i], out), **common)
             blocks.append(make_up_block(block_type, cfg))
@@ -360,3 +352,10 @@ class UNet2DConditionModel(ModelMixin):
 
 def _or(value, default):
     return default if value is None else value
+
+
+def _attention(per: dict, i: int) -> dict:
+    """Block i's transformer settings from the per-block config lists (a down or an up block)."""
+    return dict(transformer_layers=per["transformer_layers_per_block"][i],
+                num_attention_heads=per["num_attention_heads"][i], cross_attention_dim=per["cross_attention_dim"][i],
+                only_cross_attention=per["only_cross_attention"][i])
