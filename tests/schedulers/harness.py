@@ -1,5 +1,5 @@
-"""Shared tools for scheduler tests: a stand-in model, a full sampling loop, a parity check against
-diffusers, and a guard that fails on any host sync."""
+"""Shared tools for scheduler tests: a stand-in model, full and mid-schedule sampling loops, parity checks
+against diffusers, and a guard that fails on any host sync."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ import contextlib
 import inspect
 from unittest import mock
 
+import diffusers
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import fastdiff
+
 SHAPE = (2, 4, 8, 8)
 STEP_COUNTS = (1, 2, 7, 50)
+SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # Stable Diffusion's betas
+# the Karras-compatible schedulers (interchangeable through from_config)
+KARRAS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+          "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+          "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+          "DEISMultistepScheduler", "UniPCMultistepScheduler"]
 
 
 def stand_in_model(sample: torch.Tensor, t) -> torch.Tensor:
@@ -46,6 +55,25 @@ def run_loop(scheduler, num_inference_steps=None, seed: int = 0, shape=SHAPE, se
     return scheduler.timesteps.clone(), sample
 
 
+def loop_from(scheduler, steps: int, start: int, begin_index: bool = True, seed: int = 3, scale: float = 1.0,
+              noise_seed: int | None = None) -> torch.Tensor:
+    """Image-to-image: a loop over timesteps[start:] (start given by set_begin_index, or found from the first
+    timestep), from a seeded sample times `scale`; returns the final sample."""
+    scheduler.set_timesteps(steps)
+    if begin_index:
+        scheduler.set_begin_index(start)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * scale
+    step_kwargs = {} if noise_seed is None else {"generator": torch.Generator().manual_seed(noise_seed)}
+    for t in scheduler.timesteps[start:]:
+        x = scheduler.step(stand_in_model(scheduler.scale_model_input(x, t), t), t, x, **step_kwargs).prev_sample
+    return x
+
+
+def public(config) -> dict:
+    """A config without its private keys (`_class_name`, `_use_default_values`, ...)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 def assert_same_loop(ours, theirs, num_inference_steps=None, rtol: float = 1e-5, **kwargs):
     """Same timesteps and the same final sample (max abs diff <= rtol * max |sample|)."""
     t_ours, x_ours = run_loop(ours, num_inference_steps, **kwargs)
@@ -56,6 +84,23 @@ def assert_same_loop(ours, theirs, num_inference_steps=None, rtol: float = 1e-5,
     scale = x_theirs.abs().max().clamp(min=1e-12)
     err = (x_ours - x_theirs).abs().max()
     assert err <= rtol * scale, f"final samples differ: max abs {err:.3e} > {rtol} * {scale:.3e}"
+
+
+def assert_converts_like_diffusers(target: str, source: str, source_kwargs: dict):
+    """The user idiom `pipe.scheduler = Target.from_config(pipe.scheduler.config)` on diffusers' `source`
+    config, in both libraries: the same public config (diffusers fills keys the source lacks with the target's
+    defaults) and the same loop."""
+    source_config = getattr(diffusers, source)(**source_kwargs).config
+    ours = getattr(fastdiff, target).from_config(source_config)
+    theirs = getattr(diffusers, target).from_config(source_config)
+    assert public(ours.config) == public(theirs.config)
+    assert_same_loop(ours, theirs, 7)
+
+
+def assert_loop_never_syncs(scheduler, steps: int = 7, **run_kwargs):
+    """A whole loop under `no_host_sync` ends finite."""
+    _, x = run_loop(scheduler, steps, guard=no_host_sync, **run_kwargs)
+    assert torch.isfinite(x).all()
 
 
 SYNC_OPS = {

@@ -1,4 +1,5 @@
-"""DDPMScheduler against diffusers: timesteps and full trajectories, sync-free loop, bad input."""
+"""DDPMScheduler against diffusers: timesteps and full trajectories, custom timesteps, sync-free loop. Round trips,
+add_noise and bad configs: test_common.py."""
 
 import itertools
 
@@ -8,7 +9,7 @@ import torch
 
 from fastdiff import DDPMScheduler
 
-from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop
+from .harness import STEP_COUNTS, assert_loop_never_syncs, assert_same_loop, no_host_sync, run_loop
 
 CONFIGS = [
     dict(),
@@ -50,52 +51,15 @@ def test_without_set_timesteps_steps_one_by_one():
         x = b
 
 
-def test_add_noise_and_velocity_match_diffusers():
-    ours, theirs = DDPMScheduler(beta_schedule="scaled_linear"), diffusers.DDPMScheduler(beta_schedule="scaled_linear")
-    x, n, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
-    torch.testing.assert_close(ours.add_noise(x, n, t), theirs.add_noise(x, n, t))
-    torch.testing.assert_close(ours.get_velocity(x, n, t), theirs.get_velocity(x, n, t))
-
-
 @pytest.mark.parametrize("config", CONFIGS[:5])
 def test_loop_never_syncs_with_the_host(config):
-    _, x = run_loop(DDPMScheduler(**config), 7, guard=no_host_sync)
-    assert torch.isfinite(x).all()
+    assert_loop_never_syncs(DDPMScheduler(**config))
 
 
 def test_sync_guard_sees_diffusers_sync():
     # the check can fail: diffusers' own DDPM looks the timestep up with .nonzero()
     with pytest.raises(AssertionError, match="host sync"):
         run_loop(diffusers.DDPMScheduler(), 7, guard=no_host_sync)
-
-
-def test_save_load_round_trip(tmp_path):
-    s = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", steps_offset=1)
-    s.save_pretrained(tmp_path / "scheduler")
-    loaded = DDPMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert loaded.to_json_string() == s.to_json_string()
-    theirs = diffusers.DDPMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert_same_loop(loaded, theirs, 7)
-
-
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(beta_schedule="cubic"), "beta_schedule='cubic'"),
-        (dict(prediction_type="noise"), "prediction_type='noise'"),
-        (dict(timestep_spacing="uniform"), "timestep_spacing='uniform'"),
-        (dict(variance_type="tiny"), "variance_type='tiny'"),
-    ],
-)
-def test_unknown_config_values_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        DDPMScheduler(**kwargs)
-
-
-@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5])
-def test_bad_step_counts_are_refused(steps):
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        DDPMScheduler().set_timesteps(steps)
 
 
 def test_custom_timesteps_must_descend():

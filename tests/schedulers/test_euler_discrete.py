@@ -1,5 +1,5 @@
-"""EulerDiscreteScheduler against diffusers: timesteps, trajectories (with churn), custom schedules,
-sync-free loop, bad input."""
+"""EulerDiscreteScheduler against diffusers: timesteps, trajectories (with churn), custom schedules, an img2img
+start, sync-free loop, bad custom schedules. Round trips, add_noise and bad configs: test_common.py."""
 
 import itertools
 
@@ -9,9 +9,8 @@ import torch
 
 from fastdiff import EulerDiscreteScheduler
 
-from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop
+from .harness import SD, STEP_COUNTS, assert_loop_never_syncs, assert_same_loop, no_host_sync, run_loop, stand_in_model
 
-SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 CHURN = {"s_churn": 0.5, "s_tmin": 0.5, "s_tmax": 5.0, "s_noise": 1.003}
 CONFIGS = [
     (dict(), {}),
@@ -62,38 +61,16 @@ def test_pre_drawn_noise_equals_generator_noise():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * b.init_noise_sigma
     noise = [torch.randn(x.shape, generator=gen) for _ in range(7)]
-    from .harness import stand_in_model
     with no_host_sync():
         for t, z in zip(b.timesteps, noise):
             x = b.step(stand_in_model(b.scale_model_input(x, t), t), t, x, s_churn=1.0, variance_noise=z).prev_sample
     torch.testing.assert_close(x, x_gen, rtol=0, atol=0)
 
 
-def test_add_noise_and_velocity_match_diffusers():
-    ours, theirs = EulerDiscreteScheduler(**SD), diffusers.EulerDiscreteScheduler(**SD)
-    ours.set_timesteps(10), theirs.set_timesteps(10)
-    x, n = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
-    t = theirs.timesteps[[0, 4, 9]]
-    torch.testing.assert_close(ours.add_noise(x, n, t), theirs.add_noise(x, n, t))
-    torch.testing.assert_close(ours.get_velocity(x, n, t), theirs.get_velocity(x, n, t))
-    with no_host_sync():
-        ours.add_noise(x, n, t)
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_loop_never_syncs_with_the_host(config):
     config, step_kwargs = config
-    _, x = run_loop(EulerDiscreteScheduler(**config), 7, step_kwargs=step_kwargs, guard=no_host_sync)
-    assert torch.isfinite(x).all()
-
-
-def test_save_load_round_trip(tmp_path):
-    s = EulerDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction", sigma_max=12.0, **SD)
-    s.save_pretrained(tmp_path / "scheduler")
-    loaded = EulerDiscreteScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert loaded.to_json_string() == s.to_json_string()
-    theirs = diffusers.EulerDiscreteScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert_same_loop(loaded, theirs, 7)
+    assert_loop_never_syncs(EulerDiscreteScheduler(**config), step_kwargs=step_kwargs)
 
 
 def test_from_pndm_config_uses_eulers_own_defaults():
@@ -109,28 +86,6 @@ def test_integer_timesteps_are_refused():
     s.set_timesteps(5)
     with pytest.raises(ValueError, match="integer indices"):
         s.step(torch.zeros(1, 1, 2, 2), 3, torch.zeros(1, 1, 2, 2))
-
-
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(beta_schedule="sigmoid"), "beta_schedule='sigmoid'"),
-        (dict(prediction_type="noise"), "prediction_type='noise'"),
-        (dict(timestep_spacing="uniform"), "timestep_spacing='uniform'"),
-        (dict(interpolation_type="cubic"), "interpolation_type='cubic'"),
-        (dict(final_sigmas_type="one"), "final_sigmas_type='one'"),
-        (dict(use_exponential_sigmas=True, use_beta_sigmas=True), "only one of"),
-    ],
-)
-def test_unknown_config_values_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        EulerDiscreteScheduler(**kwargs)
-
-
-@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5])
-def test_bad_step_counts_are_refused(steps):
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        EulerDiscreteScheduler().set_timesteps(steps)
 
 
 @pytest.mark.parametrize(

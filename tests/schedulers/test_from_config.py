@@ -12,9 +12,8 @@ import pytest
 
 import fastdiff
 
-from .harness import assert_same_loop
+from .harness import KARRAS, SD, assert_converts_like_diffusers, assert_same_loop, public
 
-SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 SOURCES = [
     ("PNDMScheduler", dict(skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, **SD)),
     ("DDPMScheduler", dict(prediction_type="v_prediction", timestep_spacing="trailing", **SD)),
@@ -26,31 +25,9 @@ TARGETS = ["DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscr
            "KDPM2AncestralDiscreteScheduler"]
 
 
-def _public(config):
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
 @pytest.mark.parametrize("source,target", list(itertools.product(SOURCES, TARGETS)), ids=str)
 def test_from_config_matches_diffusers(source, target):
-    name, kwargs = source
-    theirs_source = getattr(diffusers, name)(**kwargs)
-    ours = getattr(fastdiff, target).from_config(theirs_source.config)
-    theirs = getattr(diffusers, target).from_config(theirs_source.config)
-    assert _public(ours.config) == _public(theirs.config)
-    assert_same_loop(ours, theirs, 7)
-
-
-def test_compatibles_are_listed_as_in_diffusers():
-    for target in TARGETS:
-        ours = {c.__name__ for c in getattr(fastdiff, target)().compatibles}
-        theirs = {c.__name__ for c in getattr(diffusers, target)().compatibles}
-        assert ours == theirs & {n for n in theirs if hasattr(fastdiff, n)}
-
-
-KARRAS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
-          "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
-          "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-          "DEISMultistepScheduler", "UniPCMultistepScheduler"]
+    assert_converts_like_diffusers(target, *source)
 
 
 @pytest.mark.parametrize("b,a", list(itertools.product(KARRAS, KARRAS)))
@@ -59,8 +36,8 @@ def test_every_compatible_pair_converts_like_diffusers(b, a):
     name, kwargs = SOURCES[0]
     ours_b = getattr(fastdiff, b).from_config(getattr(fastdiff, name)(**kwargs).config)
     theirs_b = getattr(diffusers, b).from_config(getattr(diffusers, name)(**kwargs).config)
-    assert _public(ours_b.config) == _public(theirs_b.config)
+    assert public(ours_b.config) == public(theirs_b.config)
     ours = getattr(fastdiff, a).from_config(ours_b.config)
     theirs = getattr(diffusers, a).from_config(theirs_b.config)
-    assert _public(ours.config) == _public(theirs.config), f"{b} -> {a}"
+    assert public(ours.config) == public(theirs.config), f"{b} -> {a}"
     assert_same_loop(ours, theirs, 7)

@@ -1,4 +1,5 @@
-"""KDPM2DiscreteScheduler against diffusers: two-stage trajectories, sync-free loop, bad input."""
+"""KDPM2DiscreteScheduler against diffusers: two-stage trajectories, an img2img start, sync-free loop. Round
+trips, add_noise, bad input and the num_train_timesteps override: test_common.py."""
 
 import itertools
 
@@ -8,9 +9,8 @@ import torch
 
 from fastdiff import KDPM2DiscreteScheduler
 
-from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop, stand_in_model
+from .harness import SD, STEP_COUNTS, assert_loop_never_syncs, assert_same_loop, loop_from
 
-SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 CONFIGS = [
     dict(),
     dict(use_karras_sigmas=True, prediction_type="v_prediction", timestep_spacing="trailing", **SD),
@@ -24,68 +24,13 @@ def test_loop_matches_diffusers(config, steps):
     assert_same_loop(KDPM2DiscreteScheduler(**config), diffusers.KDPM2DiscreteScheduler(**config), steps)
 
 
-def test_num_train_timesteps_override_matches_diffusers():
-    kwargs = dict(set_kwargs=dict(num_inference_steps=7, num_train_timesteps=500))
-    assert_same_loop(KDPM2DiscreteScheduler(**SD), diffusers.KDPM2DiscreteScheduler(**SD), None, **kwargs)
-
-
 def test_image_to_image_start_matches_diffusers():
-    results = []
-    for s in (KDPM2DiscreteScheduler(**SD), diffusers.KDPM2DiscreteScheduler(**SD)):
-        s.set_timesteps(10)
-        start = 4 * s.order
-        s.set_begin_index(start)
-        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 3
-        for t in s.timesteps[start:]:
-            x = s.step(stand_in_model(s.scale_model_input(x, t), t), t, x).prev_sample
-        results.append(x)
-    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
-
-
-def test_add_noise_matches_diffusers():
-    ours, theirs = KDPM2DiscreteScheduler(**SD), diffusers.KDPM2DiscreteScheduler(**SD)
-    ours.set_timesteps(10), theirs.set_timesteps(10)
-    x, n = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
-    t = theirs.timesteps[[0, 3, 18]]
-    torch.testing.assert_close(ours.add_noise(x, n, t), theirs.add_noise(x, n, t))
+    start = 4 * KDPM2DiscreteScheduler.order  # as pipelines do: t_start * order
+    ours, theirs = (loop_from(s, 10, start, seed=1, scale=3.0)
+                    for s in (KDPM2DiscreteScheduler(**SD), diffusers.KDPM2DiscreteScheduler(**SD)))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_loop_never_syncs_with_the_host(config):
-    _, x = run_loop(KDPM2DiscreteScheduler(**config), 7, guard=no_host_sync)
-    assert torch.isfinite(x).all()
-
-
-def test_save_load_round_trip(tmp_path):
-    s = KDPM2DiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction", **SD)
-    s.save_pretrained(tmp_path / "scheduler")
-    loaded = KDPM2DiscreteScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert loaded.to_json_string() == s.to_json_string()
-    theirs = diffusers.KDPM2DiscreteScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert_same_loop(loaded, theirs, 7)
-
-
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(beta_schedule="exp"), "beta_schedule='exp'"),  # only Heun takes "exp"
-        (dict(prediction_type="sample"), "prediction_type='sample'"),  # diffusers: NotImplementedError at step
-        (dict(timestep_spacing="uniform"), "timestep_spacing='uniform'"),
-        (dict(use_karras_sigmas=True, use_beta_sigmas=True), "only one of"),
-    ],
-)
-def test_unknown_config_values_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        KDPM2DiscreteScheduler(**kwargs)
-
-
-@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5])
-def test_bad_step_counts_are_refused(steps):
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        KDPM2DiscreteScheduler().set_timesteps(steps)
-
-
-@pytest.mark.parametrize("custom", [dict(timesteps=[900, 500, 100]), dict(sigmas=[3.0, 1.0, 0.0])])
-def test_custom_schedules_are_refused(custom):
-    with pytest.raises(ValueError, match="does not support custom"):
-        KDPM2DiscreteScheduler().set_timesteps(None, **custom)
+    assert_loop_never_syncs(KDPM2DiscreteScheduler(**config))

@@ -1,7 +1,6 @@
 """LCMScheduler against diffusers: timesteps (strength, original steps, custom), trajectories with seeded
-noise, sync-free loops, config round trips and bad input."""
+noise, sync-free loops, bad schedules. Round trips, add_noise, signatures and bad configs: test_common.py."""
 
-import inspect
 import itertools
 import logging
 
@@ -11,7 +10,7 @@ import torch
 
 from fastdiff import LCMScheduler
 
-from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop, stand_in_model
+from .harness import STEP_COUNTS, assert_loop_never_syncs, assert_same_loop, stand_in_model
 
 CONFIGS = [
     dict(),
@@ -73,54 +72,9 @@ def test_denoised_output_and_tuple_match_diffusers():
     torch.testing.assert_close(a, b)
 
 
-def test_add_noise_and_velocity_match_diffusers():
-    ours, theirs = LCMScheduler(), diffusers.LCMScheduler()
-    x, n, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
-    torch.testing.assert_close(ours.add_noise(x, n, t), theirs.add_noise(x, n, t))
-    torch.testing.assert_close(ours.get_velocity(x, n, t), theirs.get_velocity(x, n, t))
-
-
 @pytest.mark.parametrize("config", CONFIGS)
 def test_loop_never_syncs_with_the_host(config):
-    _, x = run_loop(LCMScheduler(**config), 7, guard=no_host_sync)
-    assert torch.isfinite(x).all()
-
-
-def _public(config):
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
-def test_save_load_round_trip(tmp_path):
-    kwargs = dict(original_inference_steps=100, timestep_scaling=5.0, prediction_type="v_prediction")
-    s = LCMScheduler(**kwargs)
-    s.save_pretrained(tmp_path / "scheduler")
-    loaded = LCMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert loaded.to_json_string() == s.to_json_string()
-    theirs = diffusers.LCMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    # diffusers reads fastdiff's file as the config it would have written itself
-    assert _public(theirs.config) == _public(diffusers.LCMScheduler(**kwargs).config)
-    assert_same_loop(loaded, theirs, 4)
-
-
-@pytest.mark.parametrize("method", ["__init__", "set_timesteps", "step"])
-def test_signatures_match_diffusers(method):
-    ours = list(inspect.signature(getattr(LCMScheduler, method)).parameters)
-    theirs = list(inspect.signature(getattr(diffusers.LCMScheduler, method)).parameters)
-    extra = ["variance_noise"] if method == "step" else []  # fastdiff: pre-drawn noise for graph replays
-    assert ours == theirs + extra
-
-
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(beta_schedule="sigmoid"), "beta_schedule='sigmoid'"),
-        (dict(prediction_type="noise"), "prediction_type='noise'"),
-        (dict(timestep_spacing="uniform"), "timestep_spacing='uniform'"),
-    ],
-)
-def test_bad_config_values_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        LCMScheduler(**kwargs)
+    assert_loop_never_syncs(LCMScheduler(**config))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""LMSDiscreteScheduler against diffusers: coefficients, trajectories, sync-free loop, no scipy, bad input."""
+"""LMSDiscreteScheduler against diffusers: coefficients, trajectories, img2img starts, sync-free loop, no scipy.
+Round trips, add_noise and bad input: test_common.py."""
 
 import itertools
 import sys
@@ -12,9 +13,8 @@ from scipy import integrate
 from fastdiff import LMSDiscreteScheduler
 from fastdiff.schedulers.lms_discrete import lms_coefficients
 
-from .harness import STEP_COUNTS, assert_same_loop, no_host_sync, run_loop
+from .harness import SD, STEP_COUNTS, assert_loop_never_syncs, assert_same_loop, run_loop
 
-SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 CONFIGS = [
     dict(),
     dict(use_karras_sigmas=True, prediction_type="v_prediction", timestep_spacing="trailing", **SD),
@@ -108,52 +108,7 @@ def test_other_orders_and_image_to_image_start_match_diffusers():
         torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 
-def test_add_noise_matches_diffusers():
-    ours, theirs = LMSDiscreteScheduler(**SD), diffusers.LMSDiscreteScheduler(**SD)
-    ours.set_timesteps(10), theirs.set_timesteps(10)
-    x, n = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
-    t = theirs.timesteps[[0, 4, 9]]
-    torch.testing.assert_close(ours.add_noise(x, n, t), theirs.add_noise(x, n, t))
-    with no_host_sync():
-        ours.add_noise(x, n, t)
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_loop_never_syncs_with_the_host(config):
-    _, x = run_loop(LMSDiscreteScheduler(**config), 7, guard=no_host_sync)
-    assert torch.isfinite(x).all()
+    assert_loop_never_syncs(LMSDiscreteScheduler(**config))
 
-
-def test_save_load_round_trip(tmp_path):
-    s = LMSDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction", **SD)
-    s.save_pretrained(tmp_path / "scheduler")
-    loaded = LMSDiscreteScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert loaded.to_json_string() == s.to_json_string()
-    theirs = diffusers.LMSDiscreteScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert_same_loop(loaded, theirs, 7)
-
-
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(beta_schedule="sigmoid"), "beta_schedule='sigmoid'"),
-        (dict(prediction_type="noise"), "prediction_type='noise'"),
-        (dict(timestep_spacing="uniform"), "timestep_spacing='uniform'"),
-        (dict(use_karras_sigmas=True, use_beta_sigmas=True), "only one of"),
-    ],
-)
-def test_unknown_config_values_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        LMSDiscreteScheduler(**kwargs)
-
-
-@pytest.mark.parametrize("steps", [0, -3, 1001, 2.5])
-def test_bad_step_counts_are_refused(steps):
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        LMSDiscreteScheduler().set_timesteps(steps)
-
-
-@pytest.mark.parametrize("custom", [dict(timesteps=[900, 500, 100]), dict(sigmas=[3.0, 1.0, 0.0])])
-def test_custom_schedules_are_refused(custom):
-    with pytest.raises(ValueError, match="does not support custom"):
-        LMSDiscreteScheduler().set_timesteps(None, **custom)
