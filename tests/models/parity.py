@@ -62,3 +62,20 @@ def assert_same_state_dict(a: dict, b: dict):
 
 def cast_inputs(inputs: dict, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def saved_reference(diffusers_cls, config: dict, folder, seed: int = 0):
+    """`reference_model`, written to `folder` by diffusers' save_pretrained (for fastdiff to load)."""
+    ref = reference_model(diffusers_cls, config, seed)
+    ref.save_pretrained(folder)
+    return ref
+
+
+def load_back_into_diffusers(model, ref, folder):
+    """fastdiff's save_pretrained to `folder`, read back by diffusers: it and the fastdiff model hold the
+    reference's exact state dict. Returns the diffusers model."""
+    model.save_pretrained(folder)
+    back = type(ref).from_pretrained(folder).eval()
+    assert_same_state_dict(back.state_dict(), ref.state_dict())
+    assert_same_state_dict(model.state_dict(), ref.state_dict())
+    return back

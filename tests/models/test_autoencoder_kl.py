@@ -8,7 +8,7 @@ import torch
 import fastdiff
 from fastdiff.models import UnsupportedConfigError
 
-from .parity import assert_close, assert_low_precision, assert_same_state_dict, reference_model
+from .parity import assert_close, assert_low_precision, load_back_into_diffusers, saved_reference
 
 TWO = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, latent_channels=4, sample_size=16,
            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
@@ -33,9 +33,8 @@ def _images(config, batch=2, h=16, w=16, seed=1):
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def saved(request, tmp_path_factory):
     config = CONFIGS[request.param]
-    ref = reference_model(diffusers.AutoencoderKL, config)
     folder = tmp_path_factory.mktemp(request.param)
-    ref.save_pretrained(folder)
+    ref = saved_reference(diffusers.AutoencoderKL, config, folder)
     return config, ref, folder, fastdiff.AutoencoderKL.from_pretrained(folder)
 
 
@@ -72,10 +71,7 @@ def test_posterior_sample_uses_the_generator_as_diffusers(saved):
 
 def test_save_roundtrip_into_diffusers(saved, tmp_path):
     config, ref, folder, model = saved
-    model.save_pretrained(tmp_path)
-    back = diffusers.AutoencoderKL.from_pretrained(tmp_path).eval()
-    assert_same_state_dict(back.state_dict(), ref.state_dict())
-    assert_same_state_dict(model.state_dict(), ref.state_dict())
+    back = load_back_into_diffusers(model, ref, tmp_path)
     for key in config:  # the keys pipelines read (scaling_factor, shift_factor, latents_mean/std, ...) survive
         assert _plain(back.config[key]) == _plain(config[key]), key
     x = _images(config)
@@ -96,9 +92,8 @@ def test_low_precision(saved, dtype):
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    ref = reference_model(diffusers.AutoencoderKL, TWO)
     folder = tmp_path_factory.mktemp("tiling")
-    ref.save_pretrained(folder)
+    ref = saved_reference(diffusers.AutoencoderKL, TWO, folder)
     return ref, fastdiff.AutoencoderKL.from_pretrained(folder)
 
 

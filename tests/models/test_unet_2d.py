@@ -7,7 +7,7 @@ import torch
 import fastdiff
 from fastdiff.models import UnsupportedConfigError
 
-from .parity import LOW_TOL, assert_close, assert_same_state_dict, cast_inputs, reference_model
+from .parity import LOW_TOL, assert_close, cast_inputs, load_back_into_diffusers, saved_reference
 
 BASE = dict(
     sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
@@ -49,9 +49,8 @@ def _inputs(config, batch=2):
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def saved(request, tmp_path_factory):
     config = CONFIGS[request.param]
-    ref = reference_model(diffusers.UNet2DModel, config)
     folder = tmp_path_factory.mktemp(request.param)
-    ref.save_pretrained(folder)
+    ref = saved_reference(diffusers.UNet2DModel, config, folder)
     return config, ref, folder
 
 
@@ -70,10 +69,7 @@ def test_forward_matches_diffusers(saved):
 def test_save_roundtrip_into_diffusers(saved, tmp_path):
     config, ref, folder = saved
     model = fastdiff.UNet2DModel.from_pretrained(folder)
-    model.save_pretrained(tmp_path)
-    back = diffusers.UNet2DModel.from_pretrained(tmp_path).eval()
-    assert_same_state_dict(back.state_dict(), ref.state_dict())
-    assert_same_state_dict(model.state_dict(), ref.state_dict())
+    back = load_back_into_diffusers(model, ref, tmp_path)
     inputs = _inputs(config)
     with torch.no_grad():
         assert_close(model(**inputs).sample, back(**inputs).sample)

@@ -9,7 +9,7 @@ import fastdiff
 from fastdiff.models import UnsupportedConfigError
 from fastdiff.models.unet_2d_condition import _UNIMPLEMENTED_DEFAULTS
 
-from .parity import LOW_TOL, assert_close, assert_same_state_dict, cast_inputs, reference_model
+from .parity import LOW_TOL, assert_close, cast_inputs, load_back_into_diffusers, saved_reference
 
 SD15 = dict(
     sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32, 32), layers_per_block=2,
@@ -63,9 +63,8 @@ def _inputs(config, batch=2, size=None):
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def saved(request, tmp_path_factory):
     config = CONFIGS[request.param]
-    ref = reference_model(diffusers.UNet2DConditionModel, config)
     folder = tmp_path_factory.mktemp(request.param)
-    ref.save_pretrained(folder)
+    ref = saved_reference(diffusers.UNet2DConditionModel, config, folder)
     return config, ref, folder, fastdiff.UNet2DConditionModel.from_pretrained(folder)
 
 
@@ -91,10 +90,7 @@ def test_odd_sizes_and_scalar_timesteps(saved):
 
 def test_save_roundtrip_into_diffusers(saved, tmp_path):
     config, ref, folder, model = saved
-    model.save_pretrained(tmp_path)
-    back = diffusers.UNet2DConditionModel.from_pretrained(tmp_path).eval()
-    assert_same_state_dict(back.state_dict(), ref.state_dict())
-    assert_same_state_dict(model.state_dict(), ref.state_dict())
+    back = load_back_into_diffusers(model, ref, tmp_path)
     inputs = _inputs(config)
     with torch.no_grad():
         assert_close(model(**inputs).sample, back(**inputs).sample)
@@ -114,9 +110,8 @@ def test_low_precision(saved, dtype):
 
 @pytest.fixture(scope="module")
 def sd15(tmp_path_factory):
-    ref = reference_model(diffusers.UNet2DConditionModel, SD15)
     folder = tmp_path_factory.mktemp("sd15_extra")
-    ref.save_pretrained(folder)
+    ref = saved_reference(diffusers.UNet2DConditionModel, SD15, folder)
     return ref, folder, fastdiff.UNet2DConditionModel.from_pretrained(folder)
 
 
