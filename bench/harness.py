@@ -11,7 +11,7 @@ What a run measures (same seed, same prompt, output_type="np"):
     steps + 1 of them). On CUDA the stamps are CUDA events (no host sync inside the loop).
   * host overhead per step (tiny preset, or --overhead): the loop's time per step, since the tiny
     preset's arithmetic is negligible; on the CPU split into time inside tensor ops (aten ops and
-    fastdiff custom ops as a whole, timed by a dispatch mode in one extra run: per-op dispatch,
+    fastdiff custom ops as a whole, timed by a dispatch mode in extra probe runs: per-op dispatch,
     allocation, the tiny kernels) and outside them (Python: modules, pipeline, scheduler host code).
   * parity: the warm-up images of each fastdiff backend against diffusers' (max |difference| of
     pixels in [0, 1], and PSNR).
@@ -289,9 +289,15 @@ def measure(cfg: Config, folder=None) -> dict[str, Any]:
 def _add_overhead(systems: list[System], cfg: Config, results: dict):
     """Host overhead per step = the loop's time per step on a preset whose arithmetic is negligible
     (tiny), split on the CPU into time outside tensor ops (Python: modules, pipeline, scheduler) and
-    inside them (per-op dispatch and allocation, plus the little arithmetic there is)."""
+    inside them (per-op dispatch and allocation, plus the little arithmetic there is). The inside time
+    is the median of up to 5 probe runs per system, alternating like the timed runs."""
+    inside: dict[str, list[float]] = {s.name: [] for s in systems}
+    if not Clock(cfg.device).cuda:  # on CUDA ops only enqueue kernels: their host time is not separable
+        for i in range(min(max(cfg.runs, 1), 5)):
+            for system in systems if i % 2 == 0 else systems[::-1]:
+                inside[system.name].append(1e3 * op_seconds_per_step(system, cfg))
     for system in systems:
         loop = float(np.median(results[system.name]["loop_ms_per_step"]))
-        inside = None if Clock(cfg.device).cuda else 1e3 * op_seconds_per_step(system, cfg)
+        ops = float(np.median(inside[system.name])) if inside[system.name] else None
         results[system.name]["overhead_ms_per_step"] = {
-            "total": loop, "outside_ops": None if inside is None else loop - inside, "inside_ops": inside}
+            "total": loop, "outside_ops": None if ops is None else loop - ops, "inside_ops": ops}
