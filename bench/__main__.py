@@ -68,12 +68,19 @@ def _notes(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return _run(args)
+    finally:  # callers in the same process (the test suite) keep their thread count
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     results, ok = [], True
     for cfg in configs(args):
         env = report.environment(cfg.device)
-        result = measure(replace_backends(cfg, args)) | {"environment": env, "notes": _notes(args)}
+        result = measure(_usable_backends(cfg)) | {"environment": env, "notes": _notes(args)}
         result["load_average_1m_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         ok &= all(r.get("parity", {"ok": True})["ok"] for r in result["systems"].values())
         print(report.markdown(result) + "\n", flush=True)
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def replace_backends(cfg: Config, args: argparse.Namespace) -> Config:
+def _usable_backends(cfg: Config) -> Config:
     """Requested backends that cannot run on the device are reported in the notes, not timed."""
     usable = tuple(b for b in cfg.backends if b in available_backends(cfg.device))
     return replace(cfg, backends=usable)
