@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 from dataclasses import dataclass
 
@@ -178,15 +179,9 @@ def trace(library: str, kind: str, config: dict, inputs: dict) -> list[Kernel]:
     """Kernels of one forward of `kind` (UNet2DConditionModel or AutoencoderKL decode) on meta tensors."""
     model = _build(library, kind, config)
     kernels = KernelTrace()
-    function_mode = FusedSDPA(kernels) if library == "diffusers" else None
-    with torch.no_grad(), kernels:
-        if function_mode is not None:
-            function_mode.__enter__()
-        try:
-            model.decode(inputs["z"]) if kind == "AutoencoderKL" else model(**inputs)
-        finally:
-            if function_mode is not None:
-                function_mode.__exit__(None, None, None)
+    attention = FusedSDPA(kernels) if library == "diffusers" else contextlib.nullcontext()
+    with torch.no_grad(), kernels, attention:
+        model.decode(inputs["z"]) if kind == "AutoencoderKL" else model(**inputs)
     return kernels.kernels
 
 
