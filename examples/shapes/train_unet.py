@@ -9,7 +9,7 @@ colour). The training images are rendered and encoded once (WORK/latents.pt); ea
 samples their posterior. Checkpoints to WORK/unet.pt, resumes from it, saves WORK/unet and
 WORK/text_encoder at the end.
 
-    python -m examples.shapes.train_unet --work /tmp/shapes [--steps 10000] [--threads 2]
+    python -m examples.shapes.train_unet --work /tmp/shapes [--steps 8000] [--threads 2]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="folder with WORK/vae (from train_vae); outputs go there too")
-    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--images", type=int, default=20_000, help="size of the encoded training set")

@@ -6,7 +6,7 @@ differences (meant to keep corners sharp) made lr 1e-3 worse (60.2%). Checkpoint
 WORK/vae.pt and resumes from it; at the end prints the evaluator's accuracy on reconstructions,
 measures the latent scaling_factor and saves the model to WORK/vae.
 
-    python -m examples.shapes.train_vae --work /tmp/shapes [--steps 4000] [--threads 2]
+    python -m examples.shapes.train_vae --work /tmp/shapes [--steps 3000] [--threads 2]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def latent_scale(vae, n: int = 1000, seed: int = EVAL_SEED + 1) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="folder for WORK/vae.pt (checkpoint) and WORK/vae (model)")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--kl", type=float, default=1e-6)
