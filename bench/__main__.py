@@ -40,7 +40,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", type=_list(str), default=[], help="fastdiff backends (default: all available)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per system, after warm-up")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: 1 for tiny, whose ops are too small to split, else torch's)")
     p.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=None,
                    help="measure host overhead per step (default: tiny preset only)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -69,7 +70,9 @@ def _notes(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or threads)
+    # tiny's ops take microseconds: more threads only add wake-ups, and on a loaded machine each op then
+    # waits for a descheduled worker (at load 3 on 2 cores: over 10 minutes with 2 threads, 26 s with 1)
+    torch.set_num_threads(args.threads or (1 if args.preset == "tiny" else threads))
     try:
         return _run(args)
     finally:  # callers in the same process (the test suite) keep their thread count
