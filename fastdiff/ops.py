@@ -217,6 +217,20 @@ def implementation(name: str, *args) -> Callable:
     return TABLE[name].torch
 
 
+def uses_triton(device: torch.device | str) -> bool:
+    """Will ops on tensors of this device run Triton kernels (backend choice and availability)?"""
+    return _use_triton(torch.device(device))
+
+
+def _eager(*tensors) -> bool:
+    """Plain tensors outside torch.compile call the implementation directly: the custom-op wrapper
+    costs 6-9 µs a call, most of a small model's host time per step. Meta and fake tensors, and
+    torch.compile, go through the custom op (its fake impl; opaque to the compiler)."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or (type(t) in (torch.Tensor, torch.nn.Parameter) and not t.is_meta) for t in tensors)
+
+
 def _needs_autograd(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -298,7 +312,8 @@ def attention(q, k, v, heads: int, scale: float | None = None, upcast: bool = Fa
         scale = (q.shape[-1] // heads) ** -0.5
     if _needs_autograd(q, k, v):
         return attention_torch(q, k, v, heads, scale, upcast)
-    return _attention_op(q, k, v, heads, float(scale), bool(upcast))
+    args = (q, k, v, heads, float(scale), bool(upcast))
+    return implementation("attention", *args)(*args) if _eager(q, k, v) else _attention_op(*args)
 
 
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None):
@@ -307,21 +322,23 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, ac
         raise ValueError(f"act={act!r} is not one of {list(_ACTIVATIONS)}")
     if _needs_autograd(x, weight, bias):
         return group_norm_torch(x, num_groups, weight, bias, eps, act)
-    return _group_norm_op(x, num_groups, weight, bias, float(eps), act)
+    args = (x, num_groups, weight, bias, float(eps), act)
+    return implementation("group_norm", *args)(*args) if _eager(x, weight, bias) else _group_norm_op(*args)
 
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5):
     """LayerNorm over the last dimension."""
     if _needs_autograd(x, weight, bias):
         return layer_norm_torch(x, weight, bias, eps)
-    return _layer_norm_op(x, weight, bias, float(eps))
+    args = (x, weight, bias, float(eps))
+    return implementation("layer_norm", *args)(*args) if _eager(x, weight, bias) else _layer_norm_op(*args)
 
 
 def geglu(x):
     """h * GELU(g) for x = [h, g] split in half on the last dimension."""
     if _needs_autograd(x):
         return geglu_torch(x)
-    return _geglu_op(x)
+    return implementation("geglu", x)(x) if _eager(x) else _geglu_op(x)
 
 
 def scheduler_step(x, model_output, table, step, *, guidance=None, start=None, noise=None, history=None, stash=None,

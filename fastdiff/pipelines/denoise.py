@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from .. import ops
+
 
 def retrieve_timesteps(scheduler, num_inference_steps: int | None = None, device=None,
                        timesteps: list[int] | None = None, sigmas: list[float] | None = None, **kwargs):
@@ -84,7 +86,9 @@ def denoise(pipe, state: dict[str, torch.Tensor], timesteps: torch.Tensor, num_i
     cfg, g = pipe.do_classifier_free_guidance, pipe.guidance_scale
     # guidance + scheduler update as one ops.scheduler_step launch (schedulers/fused.py), unless a stage that
     # is not linear (guidance_rescale's std ratio, thresholding) or an option the fused step lacks is in play
-    fused = not (cfg and pipe.guidance_rescale > 0.0) and scheduler.supports_fused_step(**step_kwargs)
+    # Only where Triton runs: on the CPU the torch twin of the fused step is slower than step() itself.
+    fused = (ops.uses_triton(state["latents"].device) and not (cfg and pipe.guidance_rescale > 0.0)
+             and scheduler.supports_fused_step(**step_kwargs))
     guidance = torch.tensor(float(g), device=state["latents"].device) if cfg and fused else None  # g on the device
     concat_mask = unet.config.in_channels == 9 and "masked_image_latents" in state
     blend_mask = "image_latents" in state

@@ -13,7 +13,10 @@ from .test_stable_diffusion import COMMON, load_pair
 
 @pytest.fixture
 def launches(monkeypatch):
-    """Counts ops.scheduler_step calls (the fused branch)."""
+    """Counts ops.scheduler_step calls (the fused branch). The loop fuses only where Triton runs; here it
+    is told Triton runs, so the branch is taken and the op's torch entry computes it (the kernel itself is
+    held to step() in tests/kernels/test_scheduler_step.py)."""
+    monkeypatch.setattr(ops, "uses_triton", lambda device: True)
     calls = []
     original = ops.scheduler_step
     monkeypatch.setattr(ops, "scheduler_step", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -34,6 +37,18 @@ def test_fused_branch_gives_the_step_images(sd_folder, scheduler, launches, monk
     plain = _images(ours)
     assert not launches
     np.testing.assert_allclose(fused, plain, rtol=0, atol=1e-5)
+
+
+def test_no_fusing_where_triton_does_not_run(sd_folder):
+    ours, _ = load_pair(sd_folder, scheduler="euler")
+    calls = []
+    original = ops.scheduler_step
+    try:
+        ops.scheduler_step = lambda *a, **k: calls.append(1) or original(*a, **k)
+        _images(ours)
+    finally:
+        ops.scheduler_step = original
+    assert not calls, "on the CPU torch backend the readable step() is faster than the fused twin"
 
 
 @pytest.mark.parametrize("case", ["guidance_rescale", "thresholding"])
