@@ -1,6 +1,6 @@
 """fastdiff vs diffusers on the same weights: an SD1.5-size UNet forward on the CPU, and the memory a load takes.
 
-    python bench/models.py [--runs 5] [--dtypes float32,bfloat16] [--threads N]
+    python -m bench.models [--runs 5] [--dtypes float32,bfloat16] [--threads N]
 
 UNet2DConditionModel with SD 1.5's shape (block_out_channels 320/640/1280/1280, layers_per_block 2,
 cross_attention_dim 768, attention_head_dim 8) and random weights, saved once to a temporary folder.
