@@ -5,7 +5,9 @@ On CUDA: median time from `triton.testing.do_bench`, reported as achieved TFLOP/
 output, the minimum traffic), next to the device's peak. Without CUDA: the compile report instead
 (every launcher configuration compiled for sm_80 / sm_90: shared memory, registers, spills, wgmma).
 
-    python -m bench.kernels   (as a module: run as a script, bench/kernels.py would shadow the PyPI `kernels` package)
+    python -m bench.kernels
+
+(As a module: run as a script, this file would shadow the PyPI `kernels` package that transformers imports.)
 """
 
 import sys
