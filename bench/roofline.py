@@ -19,8 +19,9 @@ A dispatch mode sees every op and turns it into kernels. This is a MODEL, not a 
     ops and norms count no FLOPs (they are bandwidth-bound: their time comes from their bytes);
   * views (view, reshape without copy, permute, transpose, expand, split, ...) and allocations are
     metadata: no kernel, no bytes, for both systems;
-  * fastdiff (Triton backend): each fastdiff custom op (attention, group_norm[+SiLU], layer_norm,
-    geglu) is one fused kernel; every other aten op is one kernel;
+  * fastdiff (Triton backend): each fastdiff custom op (attention, group_norm[+SiLU][+time-embedding
+    shift], layer_norm, geglu, linear[+bias][+GEGLU][+residual]) is one fused kernel; every other aten
+    op is one kernel;
   * diffusers (eager): every aten op is one kernel, except scaled_dot_product_attention, which is
     one fused kernel as it runs on CUDA (flash / memory-efficient; the output comes back in the
     (B, N, H, D) memory layout those kernels use, so diffusers' transpose-reshape after it is free);
@@ -100,9 +101,16 @@ def _attention_flops(q, k, v, heads: int) -> int:
     return flop_counter.sdpa_flop_count(split(q), split(k), split(v))
 
 
+def _linear_flops(x, weight, *rest) -> int:
+    """A GEMM's 2 M N K, N all of the weight's rows (GEGLU's two halves included); the epilogue is free."""
+    return 2 * x.numel() * weight.shape[0]
+
+
 def _flops(func, args, kwargs, out) -> int:
     if func._overloadpacket is torch.ops.fastdiff.attention:
         return _attention_flops(*args[:4])
+    if func._overloadpacket is torch.ops.fastdiff.linear:
+        return _linear_flops(*args)
     formula = flop_counter.flop_registry.get(func._overloadpacket)
     return formula(*args, **kwargs, out_val=out) if formula else 0
 
@@ -206,7 +214,7 @@ def summarize(kernels: list[Kernel], launch_us: float) -> dict[str, float]:
 
 # What-if: an elementwise kernel folded into the epilogue of the GEMM / convolution that produced its
 # input, as cuBLASLt / CUTLASS / Triton matmul epilogues do (bias + residual add, GEGLU's gate, ...).
-_PRODUCERS = {"convolution", "addmm", "mm", "bmm", "baddbmm"}
+_PRODUCERS = {"convolution", "addmm", "mm", "bmm", "baddbmm", "fastdiff::linear"}
 _ELEMENTWISE = {"add", "mul", "div", "silu", "gelu", "fastdiff::geglu"}
 
 

@@ -53,8 +53,11 @@ def attention_torch(q, k, v, heads: int, scale: float | None = None, upcast: boo
     return out.transpose(1, 2).reshape(b, nq, inner)
 
 
-def group_norm_torch(x, num_groups: int, weight, bias, eps: float, act: str | None = None):
-    """GroupNorm over (C/G, *spatial) per group, then the optional activation ("silu")."""
+def group_norm_torch(x, num_groups: int, weight, bias, eps: float, act: str | None = None, shift=None):
+    """GroupNorm of x + shift over (C/G, *spatial) per group, then the optional activation ("silu").
+    `shift` (N, C) is added per sample and channel first: a ResNet block's time embedding."""
+    if shift is not None:
+        x = x + shift.reshape(*shift.shape, *(1,) * (x.dim() - 2))
     y = F.group_norm(x, num_groups, weight, bias, eps)
     return _ACTIVATIONS[act](y)
 
@@ -68,6 +71,24 @@ def geglu_torch(x):
     """GEGLU (Shazeer 2020): x = [h, g] split on the last dim -> h * GELU(g), exact (erf) GELU."""
     h, g = x.chunk(2, dim=-1)
     return h * F.gelu(g)
+
+
+def linear_torch(x, weight, bias=None, residual=None, act: str | None = None):
+    """act(x W^T + b) + residual. act="geglu": the output's halves [h, g] -> h * GELU(g) (weight (2D, K)).
+    The output is contiguous, or laid out like `residual` when it is given (an NCHW map seen as tokens)."""
+    y = F.linear(x, weight, bias)
+    if act == "geglu":
+        y = geglu_torch(y)
+    if residual is None:
+        return y
+    if _needs_autograd(y, residual):
+        return y + residual
+    if y.stride() == residual.stride():
+        return y.add_(residual)  # y is this call's own fresh tensor
+    return torch.add(y, residual, out=torch.empty_like(residual))
+
+
+LINEAR_ACTIVATIONS = (None, "geglu")
 
 
 def scheduler_step_torch(x, model_output, guidance, table, step, start, noise, history, stash, accumulator,
@@ -101,6 +122,7 @@ TABLE: dict[str, Op] = {
     "group_norm": Op(group_norm_torch),
     "layer_norm": Op(layer_norm_torch),
     "geglu": Op(geglu_torch),
+    "linear": Op(linear_torch),
     "scheduler_step": Op(scheduler_step_torch),
 }
 
@@ -109,10 +131,10 @@ TABLE: dict[str, Op] = {
 def _triton_table() -> dict[str, Op]:
     """TABLE with the Triton launchers filled in. Imported on the first call that wants Triton: the
     import is heavy, and `@triton.jit` decides interpreted vs compiled when the kernel module loads."""
-    from fastdiff.kernels import attention, geglu, group_norm, layer_norm, scheduler_step
+    from fastdiff.kernels import attention, geglu, group_norm, layer_norm, linear, scheduler_step
 
     kernels = {"attention": attention, "group_norm": group_norm, "layer_norm": layer_norm, "geglu": geglu,
-               "scheduler_step": scheduler_step}
+               "linear": linear, "scheduler_step": scheduler_step}
     return {name: Op(TABLE[name].torch, getattr(module, name), module.supported) for name, module in kernels.items()}
 
 
@@ -252,13 +274,15 @@ def _(q, k, v, heads, scale, upcast):
 
 @torch.library.custom_op("fastdiff::group_norm", mutates_args=())
 def _group_norm_op(
-    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, act: str | None
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+    act: str | None, shift: torch.Tensor | None,
 ) -> torch.Tensor:
-    return implementation("group_norm", x, num_groups, weight, bias, eps, act)(x, num_groups, weight, bias, eps, act)
+    args = (x, num_groups, weight, bias, eps, act, shift)
+    return implementation("group_norm", *args)(*args)
 
 
 @_group_norm_op.register_fake
-def _(x, num_groups, weight, bias, eps, act):
+def _(x, num_groups, weight, bias, eps, act, shift):
     return torch.empty_like(x)
 
 
@@ -280,6 +304,19 @@ def _geglu_op(x: torch.Tensor) -> torch.Tensor:
 @_geglu_op.register_fake
 def _(x):
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+@torch.library.custom_op("fastdiff::linear", mutates_args=())
+def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+               act: str | None) -> torch.Tensor:
+    return implementation("linear", x, weight, bias, residual, act)(x, weight, bias, residual, act)
+
+
+@_linear_op.register_fake
+def _(x, weight, bias, residual, act):
+    if residual is not None:
+        return torch.empty_like(residual)
+    return x.new_empty((*x.shape[:-1], weight.shape[0] // 2 if act == "geglu" else weight.shape[0]))
 
 
 @torch.library.custom_op("fastdiff::scheduler_step", mutates_args=("history", "stash", "accumulator", "denoised"))
@@ -316,14 +353,15 @@ def attention(q, k, v, heads: int, scale: float | None = None, upcast: bool = Fa
     return implementation("attention", *args)(*args) if _eager(q, k, v) else _attention_op(*args)
 
 
-def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None):
-    """GroupNorm with an optional fused activation (`act=None` or `"silu"`)."""
+def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None, shift=None):
+    """GroupNorm of x (+ shift, (N, C) per sample and channel, added first) with an optional fused
+    activation (`act=None` or `"silu"`)."""
     if act not in _ACTIVATIONS:
         raise ValueError(f"act={act!r} is not one of {list(_ACTIVATIONS)}")
-    if _needs_autograd(x, weight, bias):
-        return group_norm_torch(x, num_groups, weight, bias, eps, act)
-    args = (x, num_groups, weight, bias, float(eps), act)
-    return implementation("group_norm", *args)(*args) if _eager(x, weight, bias) else _group_norm_op(*args)
+    if _needs_autograd(x, weight, bias, shift):
+        return group_norm_torch(x, num_groups, weight, bias, eps, act, shift)
+    args = (x, num_groups, weight, bias, float(eps), act, shift)
+    return implementation("group_norm", *args)(*args) if _eager(x, weight, bias, shift) else _group_norm_op(*args)
 
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5):
@@ -339,6 +377,18 @@ def geglu(x):
     if _needs_autograd(x):
         return geglu_torch(x)
     return implementation("geglu", x)(x) if _eager(x) else _geglu_op(x)
+
+
+def linear(x, weight, bias=None, residual=None, act: str | None = None):
+    """act(x W^T + b) + residual in one kernel (a GEMM with a fused epilogue); x may be a strided view.
+    act="geglu" takes weight = [W_h; W_g] (2D, K) and gives h * GELU(g). The output is contiguous, or laid
+    out like `residual` (e.g. an NCHW map seen as (B, HW, C) tokens, so the result is that map)."""
+    if act not in LINEAR_ACTIVATIONS:
+        raise ValueError(f"act={act!r} is not one of {list(LINEAR_ACTIVATIONS)}")
+    if _needs_autograd(x, weight, bias, residual):
+        return linear_torch(x, weight, bias, residual, act)
+    args = (x, weight, bias, residual, act)
+    return implementation("linear", *args)(*args) if _eager(x, weight, bias, residual) else _linear_op(*args)
 
 
 def scheduler_step(x, model_output, table, step, *, guidance=None, start=None, noise=None, history=None, stash=None,

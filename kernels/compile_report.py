@@ -71,9 +71,9 @@ class Result:
 
 
 def all_cases() -> list[Case]:
-    from fastdiff.kernels import attention, geglu, group_norm, layer_norm, scheduler_step
+    from fastdiff.kernels import attention, geglu, group_norm, layer_norm, linear, scheduler_step
 
-    modules = (attention, group_norm, layer_norm, geglu, scheduler_step)
+    modules = (attention, group_norm, layer_norm, geglu, linear, scheduler_step)
     return [c for module in modules for c in module.compile_cases()]
 
 

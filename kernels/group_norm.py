@@ -1,7 +1,10 @@
-"""GroupNorm with an optional fused activation: y = act((x - mean_g) / sqrt(var_g + eps) * w_c + b_c).
+"""GroupNorm with an optional fused activation: y = act((u - mean_g) / sqrt(var_g + eps) * w_c + b_c),
+u = x + shift_{n,c}.
 
 Fused: statistics, normalisation, affine and activation in one kernel; GroupNorm and GroupNorm+SiLU
-(every ResNet block of the UNet and VAE) are the same kernel with the `ACT` constexpr.
+(every ResNet block of the UNet and VAE) are the same kernel with the `ACT` constexpr. The optional
+per-(sample, channel) shift is the time embedding a ResNet block adds before norm2 (h + temb): added
+as x is loaded, so h + temb is never written and read back.
 
 Layout: x (N, C, *spatial) in NCHW (contiguous) or channels_last, any number of spatial dims that
 flatten to one stride. The kernel addresses x[n, c, s] = X + n*stride_n + c*stride_c + s*stride_s,
@@ -38,17 +41,26 @@ def _tile_offsets(c0, s0, C_G, S, stride_c, stride_s, BLOCK_C: tl.constexpr, BLO
 
 
 @triton.jit
+def _channel_shift(SHIFT, c0, C_G, BLOCK_C: tl.constexpr):
+    """The shift of channels [c0, c0 + BLOCK_C) of the group, fp32 (0 past the group's end)."""
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    return tl.load(SHIFT + offs_c, mask=offs_c < C_G, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _group_norm_fwd(
     X,  # input (N, C, S) through strides
     Y,  # output, same strides as X
     W,  # weight (C,), read only if HAS_W
     B,  # bias (C,), read only if HAS_B
+    SHIFT,  # shift (N, C) contiguous, added to x before everything else, read only if HAS_SHIFT
     stride_n, stride_c, stride_s,  # element strides of x (and y)
     C_G, S,  # channels per group, spatial size
     eps,
     G: tl.constexpr,  # number of groups
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
     ACT: tl.constexpr,  # 0: none, 1: SiLU
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -58,10 +70,13 @@ def _group_norm_fwd(
     base = n * stride_n + g * C_G * stride_c
     X += base
     Y += base
+    SHIFT += (n * G + g) * C_G  # this group's first channel of sample n
 
-    # Statistics of x - k, k = the group's first element: shifted values are O(std), so tile sums
+    # Statistics of u - k, k = the group's first element: shifted values are O(std), so tile sums
     # do not round at the scale of the mean (mean 100, std 1 would lose ~5 bits), and x - k is exact.
     k = tl.load(X).to(tl.float32)
+    if HAS_SHIFT:
+        k += tl.load(SHIFT).to(tl.float32)
 
     # pass 1: per-tile exact (count, mean, M2) of x - k, merged across tiles with Chan's formula
     count = 0.0
@@ -70,7 +85,10 @@ def _group_norm_fwd(
     for c0 in range(0, C_G, BLOCK_C):
         for s0 in range(0, S, BLOCK_S):
             offs, mask = _tile_offsets(c0, s0, C_G, S, stride_c, stride_s, BLOCK_C, BLOCK_S)
-            x = tl.where(mask, tl.load(X + offs, mask=mask).to(tl.float32) - k, 0.0)
+            x = tl.load(X + offs, mask=mask).to(tl.float32)
+            if HAS_SHIFT:
+                x += _channel_shift(SHIFT, c0, C_G, BLOCK_C)[:, None]
+            x = tl.where(mask, x - k, 0.0)
             n_b = tl.sum(mask.to(tl.float32), axis=None)
             mean_b = tl.sum(x, axis=None) / n_b
             m2_b = tl.sum(tl.where(mask, (x - mean_b) * (x - mean_b), 0.0), axis=None)
@@ -95,6 +113,8 @@ def _group_norm_fwd(
         for s0 in range(0, S, BLOCK_S):
             offs, mask = _tile_offsets(c0, s0, C_G, S, stride_c, stride_s, BLOCK_C, BLOCK_S)
             x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SHIFT:
+                x += _channel_shift(SHIFT, c0, C_G, BLOCK_C)[:, None]
             y = (x - k) * a[:, None] + shift[:, None]
             if ACT == 1:
                 y = y * tl.sigmoid(y)  # SiLU
@@ -127,17 +147,20 @@ def _spatial_stride(x) -> int | None:
     return strides[-1]
 
 
-def supported(x, num_groups, weight=None, bias=None, eps=1e-5, act=None) -> bool:
+def supported(x, num_groups, weight=None, bias=None, eps=1e-5, act=None, shift=None) -> bool:
     return (
         x.dim() >= 2 and x.dtype in DTYPES and x.shape[1] % num_groups == 0 and act in ACTIVATIONS
         and _spatial_stride(x) is not None and x.numel() < 2**31
         and all(t is None or (t.shape == (x.shape[1],) and t.device == x.device) for t in (weight, bias))
+        and (shift is None or (shift.shape == x.shape[:2] and shift.is_contiguous() and shift.device == x.device))
     )
 
 
-def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None, out=None):
-    """GroupNorm(+activation) of x (N, C, *spatial); the output keeps x's memory layout. `out` may be given."""
-    if not supported(x, num_groups, weight, bias, eps, act):
+def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None, shift=None,
+               out=None):
+    """GroupNorm(+activation) of x (N, C, *spatial) + shift (N, C); the output keeps x's memory layout.
+    `out` may be given."""
+    if not supported(x, num_groups, weight, bias, eps, act, shift):
         raise ValueError(f"group_norm kernel does not support x{tuple(x.shape)} {x.dtype} strides {x.stride()}, "
                          f"groups={num_groups}, act={act!r}")
     if out is None:
@@ -147,8 +170,10 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, ac
     cfg = block_config(c // num_groups)
     _group_norm_fwd[(n * num_groups,)](
         x, out, weight if weight is not None else x, bias if bias is not None else x,
+        shift if shift is not None else x,
         x.stride(0), x.stride(1), _spatial_stride(x), c // num_groups, math.prod(x.shape[2:]), eps,
-        G=num_groups, HAS_W=weight is not None, HAS_B=bias is not None, ACT=ACTIVATIONS[act], **cfg,
+        G=num_groups, HAS_W=weight is not None, HAS_B=bias is not None, HAS_SHIFT=shift is not None,
+        ACT=ACTIVATIONS[act], **cfg,
     )
     return out
 
@@ -164,10 +189,11 @@ def compile_cases():
             unit = {"stride_s": 1} if layout == "nchw" else {"stride_c": 1}
             cases.append(Case(
                 kernel=_group_norm_fwd, name=f"{layout} {TRITON_TYPE[dtype]} act={act}",
-                pointers={"X": dtype, "Y": dtype, "W": dtype, "B": dtype}, floats=["eps"],
+                pointers={"X": dtype, "Y": dtype, "W": dtype, "B": dtype, "SHIFT": dtype}, floats=["eps"],
                 aligned=("stride_n", "stride_c", "stride_s"),
-                constexprs=dict(unit, G=32, HAS_W=True, HAS_B=True, ACT=ACTIVATIONS[act],
-                                BLOCK_C=cfg["BLOCK_C"], BLOCK_S=cfg["BLOCK_S"]),
+                # the SiLU case is a ResNet's norm2, which carries the time-embedding shift
+                constexprs=dict(unit, G=32, HAS_W=True, HAS_B=True, HAS_SHIFT=act is not None,
+                                ACT=ACTIVATIONS[act], BLOCK_C=cfg["BLOCK_C"], BLOCK_S=cfg["BLOCK_S"]),
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
             ))
     return cases
@@ -178,9 +204,12 @@ def compile_cases():
 # --------------------------------------------------------------------------------------------
 
 
-def group_norm_ref(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None):
+def group_norm_ref(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, act: str | None = None,
+                   shift=None):
     """The same function in plain PyTorch: two-pass statistics per (sample, group), in x's dtype."""
     n, c = x.shape[:2]
+    if shift is not None:
+        x = x + shift.to(x.dtype).reshape(n, c, *(1,) * (x.dim() - 2))
     xg = x.reshape(n, num_groups, -1)
     mean = xg.mean(-1, keepdim=True)
     var = ((xg - mean) ** 2).mean(-1, keepdim=True)

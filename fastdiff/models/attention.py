@@ -34,11 +34,17 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner_dim, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias), nn.Dropout(dropout)])
 
-    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """`residual` is added to the output, in the out-projection's epilogue (same layout as residual)."""
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = self.to_q(hidden_states), self.to_k(context), self.to_v(context)
         out = ops.attention(q, k, v, self.heads, self.scale, self.upcast_attention)
-        return self.to_out[1](self.to_out[0](out))
+        project, dropout = self.to_out
+        if dropout.training and dropout.p > 0:  # dropout sits between the projection and the residual
+            out = dropout(project(out))
+            return out if residual is None else out + residual
+        return ops.linear(out, project.weight, project.bias, residual=residual)
 
 
 class SpatialSelfAttention(Attention):
@@ -60,6 +66,7 @@ class SpatialSelfAttention(Attention):
         if self.group_norm is not None:
             hidden_states = self.group_norm(hidden_states)
         tokens = hidden_states.flatten(2).transpose(1, 2)  # (B, HW, C) view, no copy
-        out = super().forward(tokens)
-        out = out.transpose(1, 2).reshape(b, c, h, w) + residual
+        # + residual in the out-projection, written in the residual's NCHW layout: the reshape is a view
+        out = super().forward(tokens, residual=residual.flatten(2).transpose(1, 2))
+        out = out.transpose(1, 2).reshape(b, c, h, w)
         return out / self.rescale_output_factor if self.rescale_output_factor != 1 else out

@@ -24,8 +24,9 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps=eps, affine=affine)
         self.act = act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, act=self.act)
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """`shift` (N, C), added to x first, runs in the same pass (a ResNet block's time embedding)."""
+        return ops.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, act=self.act, shift=shift)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", act={self.act}" if self.act else "")

@@ -1,7 +1,7 @@
 """The ResNet block of every Diffusers UNet and VAE, with the time embedding injected between its two convs.
 
     h = conv1(act(norm1(x)))                                  (optionally resampled before conv1)
-    default:      h = act(norm2(h + proj(act(temb))))
+    default:      h = act(norm2(h + proj(act(temb))))           (the add runs inside the norm)
     scale_shift:  h = act(norm2(h) * (1 + scale) + shift),    [scale, shift] = proj(act(temb))
     out = (shortcut(x) + conv2(dropout(h))) / output_scale_factor
 
@@ -89,8 +89,8 @@ class ResnetBlock2D(nn.Module):
             if self.time_embedding_norm == "scale_shift":
                 raise ValueError("temb must be given when time_embedding_norm is 'scale_shift'")
             return self.norm2(h)
-        temb = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
+        temb = self.time_emb_proj(self.nonlinearity(temb))
         if self.time_embedding_norm == "scale_shift":
-            scale, shift = temb.chunk(2, dim=1)
+            scale, shift = temb[:, :, None, None].chunk(2, dim=1)
             return self.norm2(h) * (1 + scale) + shift
-        return self.norm2(h + temb)
+        return self.norm2(h, shift=temb)  # norm2(h + temb), the add fused into the norm

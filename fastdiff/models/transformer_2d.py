@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
 from .activations import GEGLU
 from .attention import Attention
 from .conv import Conv2d
@@ -19,17 +20,16 @@ from .normalization import GroupNorm, LayerNorm
 
 
 class FeedForward(nn.Module):
-    """net.2(net.1(GEGLU(x))): dim -> 4*dim (gated) -> dim."""
+    """net.2(net.1(GEGLU(x))) (+ residual, in net.2's epilogue): dim -> 4*dim (gated) -> dim."""
 
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
         inner_dim = dim * mult
         self.net = nn.ModuleList([GEGLU(dim, inner_dim), nn.Dropout(dropout), nn.Linear(inner_dim, dim)])
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        for module in self.net:
-            hidden_states = module(hidden_states)
-        return hidden_states
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        gated, dropout, out = self.net
+        return ops.linear(dropout(gated(hidden_states)), out.weight, out.bias, residual=residual)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -55,17 +55,20 @@ class BasicTransformerBlock(nn.Module):
         self.ff = FeedForward(dim, dropout=dropout)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        # every "+ x" runs in the epilogue of the projection before it (attn out-projections, ff.net.2)
         context1 = encoder_hidden_states if self.only_cross_attention else None
-        hidden_states = self.attn1(self.norm1(hidden_states), context1) + hidden_states
+        hidden_states = self.attn1(self.norm1(hidden_states), context1, residual=hidden_states)
         if self.attn2 is not None:
-            hidden_states = self.attn2(self.norm2(hidden_states), encoder_hidden_states) + hidden_states
-        return self.ff(self.norm3(hidden_states)) + hidden_states
+            hidden_states = self.attn2(self.norm2(hidden_states), encoder_hidden_states, residual=hidden_states)
+        return self.ff(self.norm3(hidden_states), residual=hidden_states)
 
 
 class Transformer2DModel(nn.Module):
     """Continuous-input 2D transformer: (B, C, H, W) -> tokens (B, HW, inner) -> blocks -> (B, C, H, W) + input.
 
-    proj_in / proj_out are 1x1 convs, or linear layers with `use_linear_projection` (SD 2.x).
+    proj_in / proj_out are 1x1 convs, or linear layers with `use_linear_projection` (SD 2.x); either way
+    they run as `ops.linear` over the channels: proj_in reads the normed map as (B, HW, C) tokens in
+    place, proj_out writes its result plus the input straight into an NCHW map (no layout copies).
     """
 
     def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 88, in_channels: int = 320,
@@ -86,23 +89,10 @@ class Transformer2DModel(nn.Module):
         self.proj_out = projection(inner_dim, in_channels)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
-        residual = hidden_states
-        b, _, h, w = hidden_states.shape
-        tokens = self._to_tokens(self.norm(hidden_states))
+        # A 1x1 conv is a linear layer over the channels: its (O, I, 1, 1) weight viewed as (O, I).
+        as_tokens = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731  (B, C, H, W) -> (B, HW, C) view
+        tokens = ops.linear(as_tokens(self.norm(hidden_states)), self.proj_in.weight.flatten(1), self.proj_in.bias)
         for block in self.transformer_blocks:
             tokens = block(tokens, encoder_hidden_states)
-        return self._from_tokens(tokens, b, h, w) + residual
-
-    def _to_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, HW, inner): project before (1x1 conv) or after (linear) the layout change."""
-        if not self.use_linear_projection:
-            x = self.proj_in(x)
-        b, c, h, w = x.shape
-        x = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        return self.proj_in(x) if self.use_linear_projection else x
-
-    def _from_tokens(self, tokens: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-        if self.use_linear_projection:
-            tokens = self.proj_out(tokens)
-        x = tokens.reshape(b, h, w, tokens.shape[-1]).permute(0, 3, 1, 2).contiguous()
-        return x if self.use_linear_projection else self.proj_out(x)
+        out = ops.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias, residual=as_tokens(hidden_states))
+        return out.transpose(1, 2).reshape(hidden_states.shape)  # out is laid out like the input: a view

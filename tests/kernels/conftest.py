@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
-KERNEL_MODULES = ("attention", "group_norm", "layer_norm", "geglu", "scheduler_step")
+KERNEL_MODULES = ("attention", "group_norm", "layer_norm", "geglu", "linear", "scheduler_step")
 for _name in KERNEL_MODULES:
     _module = sys.modules.get(f"fastdiff.kernels.{_name}")
     if _module is not None:

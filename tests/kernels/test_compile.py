@@ -1,5 +1,5 @@
 """Every kernel configuration the launchers can pick compiles for sm_80 and sm_90 without a GPU, fits
-shared memory, does not spill, and (16-bit attention) uses Hopper's wgmma.
+shared memory, does not spill, and (16-bit attention and linear) use Hopper's wgmma.
 
 Compiling needs `@triton.jit` kernels, not the interpreted ones this test directory imports, so the
 report runs in a subprocess without TRITON_INTERPRET (fastdiff.kernels.compile_report, shared with
@@ -36,7 +36,7 @@ def _ids(results):
 def test_every_config_compiles_for_both_targets(results):
     expected = [(c.kernel.__name__, c.name) for c in compile_report.all_cases()]
     assert {k for k, _ in expected} == {"_attn_fwd", "_group_norm_fwd", "_layer_norm_fwd", "_geglu_fwd",
-                                        "_scheduler_step_fwd"}
+                                        "_linear_fwd", "_scheduler_step_fwd"}
     for arch in (80, 90):
         assert sorted((r.kernel, r.name) for r in results if r.arch == arch) == sorted(expected)
 
@@ -51,7 +51,7 @@ def test_no_register_spills(results):
     assert not spills
 
 
-def test_hopper_attention_uses_wgmma(results):
+def test_hopper_attention_and_linear_use_wgmma(results):
     expected = [r for r in results if r.expect_wgmma]
-    assert expected and all(r.kernel == "_attn_fwd" and r.arch == 90 for r in expected)
+    assert {r.kernel for r in expected} == {"_attn_fwd", "_linear_fwd"} and all(r.arch == 90 for r in expected)
     assert [i for i, r in zip(_ids(expected), expected) if not r.wgmma] == []

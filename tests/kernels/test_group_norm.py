@@ -21,12 +21,12 @@ def _inputs(shape, dtype, channels_last, affine):
     return x, w, b
 
 
-def _check(x, groups, w, b, eps, act, assert_parity, poisoned):
-    out = group_norm(x, groups, w, b, eps, act, out=poisoned(x))
+def _check(x, groups, w, b, eps, act, assert_parity, poisoned, shift=None):
+    out = group_norm(x, groups, w, b, eps, act, shift, out=poisoned(x))
     assert out.stride() == x.stride()
     to64 = lambda t: None if t is None else t.double()  # noqa: E731
-    ref64 = group_norm_ref(x.double(), groups, to64(w), to64(b), eps, act)
-    assert_parity(out, ref64, ops.group_norm_torch(x, groups, w, b, eps, act))
+    ref64 = group_norm_ref(x.double(), groups, to64(w), to64(b), eps, act, to64(shift))
+    assert_parity(out, ref64, ops.group_norm_torch(x, groups, w, b, eps, act, shift))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -57,3 +57,14 @@ def test_large_spatial_statistics(assert_parity, poisoned):
     must not lose the variance to cancellation."""
     x = torch.randn(1, 2, 192, 192) + 100.0
     _check(x, 1, None, None, 1e-6, None, assert_parity, poisoned)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape, groups", [c for c in CASES if len(c[0]) == 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_time_embedding_shift(dtype, shape, groups, channels_last, assert_parity, poisoned):
+    """norm(x + shift[n, c]): a shift as large as x's spread, different per sample and channel, moves
+    both the statistics and the normalised values, so a dropped or misindexed shift fails."""
+    x, w, b = _inputs(shape, dtype, channels_last, affine=True)
+    shift = (torch.randn(shape[:2]) * 3).to(dtype)
+    _check(x, groups, w, b, 1e-5, "silu", assert_parity, poisoned, shift)

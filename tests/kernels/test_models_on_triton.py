@@ -1,8 +1,8 @@
 """Tiny UNet2DConditionModel and AutoencoderKL end to end on the Triton backend (interpreter) vs torch.
 
-Every GroupNorm(+SiLU), LayerNorm, GEGLU and attention call of the forward pass goes through the
-kernels; the spy checks they really ran, and the outputs must agree with the torch backend to fp32
-roundoff (the kernels only change summation order).
+Every GroupNorm(+SiLU, + time embedding), LayerNorm, fused linear (GEGLU, + residual) and attention
+call of the forward pass goes through the kernels; the spy checks they really ran, and the outputs
+must agree with the torch backend to fp32 roundoff (the kernels only change summation order).
 """
 
 import pytest
@@ -63,11 +63,11 @@ def test_unet_2d_condition(kernel_calls):
     model = _random_model(fastdiff.UNet2DConditionModel, UNET)
     sample, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 24)
     _both_backends(lambda: model(sample, torch.tensor([10, 999]), context).sample)
-    assert set(kernel_calls) == {"attention", "group_norm", "layer_norm", "geglu"}, kernel_calls
+    assert set(kernel_calls) == {"attention", "group_norm", "layer_norm", "linear"}, kernel_calls
 
 
 def test_autoencoder_kl(kernel_calls):
     model = _random_model(fastdiff.AutoencoderKL, VAE)
     image = torch.randn(1, 3, 16, 16)
     _both_backends(lambda: model.decode(model.encode(image).latent_dist.mode()).sample)
-    assert {"attention", "group_norm"} <= set(kernel_calls), kernel_calls
+    assert {"attention", "group_norm", "linear"} <= set(kernel_calls), kernel_calls

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastdiff import ops
-from fastdiff.kernels import attention, geglu, group_norm, layer_norm
+from fastdiff.kernels import attention, geglu, group_norm, layer_norm, linear
 
 
 def _args(device="cpu", dtype=torch.float32):
@@ -19,14 +19,15 @@ def _args(device="cpu", dtype=torch.float32):
     qkv = t(2, 77, 3 * 2 * 40)
     return {
         "attention": (qkv[..., :80], qkv[..., 80:160], qkv[..., 160:], 2, 40**-0.5, False),
-        "group_norm": (t(2, 20, 5, 3), 2, t(20), t(20), 1e-5, "silu"),
+        "group_norm": (t(2, 20, 5, 3), 2, t(20), t(20), 1e-5, "silu", t(2, 20)),
         "layer_norm": (t(3, 7, 40), t(40), t(40), 1e-5),
         "geglu": (t(2, 5, 80),),
+        "linear": (t(2, 5, 48), t(80, 48), t(80), t(2, 5, 40), "geglu"),
     }
 
 
 TRITON_FNS = {"attention": attention.attention, "group_norm": group_norm.group_norm,
-              "layer_norm": layer_norm.layer_norm, "geglu": geglu.geglu}
+              "layer_norm": layer_norm.layer_norm, "geglu": geglu.geglu, "linear": linear.linear}
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +124,9 @@ def test_launchers_are_the_table_entries():
         ("group_norm", lambda a: (a[0], 3, *a[2:])),  # 20 channels do not split into 3 groups
         ("layer_norm", lambda a: (torch.randn(3, 40, 7).transpose(1, 2), *a[1:])),  # not contiguous
         ("geglu", lambda a: (torch.randn(3, 81),)),  # odd last dim
+        ("linear", lambda a: (a[0], a[1].double(), *a[2:])),  # weight of another dtype
+        ("linear", lambda a: (a[0][None], *a[1:])),  # 4-D x
+        ("group_norm", lambda a: (*a[:6], a[6][:1])),  # shift broadcast over the batch (torch broadcasts)
     ],
 )
 def test_unsupported_inputs_fall_back_to_torch(name, args):
@@ -140,7 +144,8 @@ def test_autograd_calls_run_torch():
 
 
 def test_fake_implementations_on_meta():
-    expected = {"attention": (2, 77, 80), "group_norm": (2, 20, 5, 3), "layer_norm": (3, 7, 40), "geglu": (2, 5, 40)}
+    expected = {"attention": (2, 77, 80), "group_norm": (2, 20, 5, 3), "layer_norm": (3, 7, 40), "geglu": (2, 5, 40),
+                "linear": (2, 5, 40)}
     for backend in ("torch", "triton"):
         with ops.use_backend(backend):
             for name, args in _args("meta").items():
